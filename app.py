@@ -1,0 +1,142 @@
+"""The Gradio app: classify lung images with the model bundle(s) named by MODEL_REPO.
+
+    python app.py                                  # the bundle committed under models/
+    MODEL_REPO=owner/name@v1 python app.py         # a Hub model repo at a revision
+    MODEL_REPO=models/lc25000,/path/to/other python app.py   # several, first is default
+
+Settings (environment variables, all optional):
+    MODEL_REPO          comma-separated bundle folders or Hub repo ids[@revision]
+    GRADIO_SERVER_NAME  address to bind (Gradio's own; default 127.0.0.1)
+    GRADIO_SERVER_PORT  port (Gradio's own; default 7860)
+    CONCURRENCY_LIMIT   predictions run at once (default 2, one per free-Space core)
+    QUEUE_SIZE          requests waiting before new ones are told the Space is busy (default 32)
+    MAX_FILE_SIZE       largest upload accepted, refused before decoding (default 10mb)
+
+Every bundle is verified (schema, sha256, Keras safe mode) and warmed up at start-up; a
+bundle that fails stops start-up with a message saying which check failed. The API has
+one endpoint, /predict: an image, and optionally the model name; it returns a gr.Label
+value. For research and education only, not for diagnosis.
+"""
+
+import logging
+import os
+import sys
+
+import gradio as gr
+import numpy as np
+
+from training.bundle import BundleError, load
+from training.evaluate import calibrate
+from training.preprocess import ImageError, load_image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODELS = os.path.join(HERE, "models", "lc25000")
+CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "2"))
+QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "32"))
+MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "10mb")
+NOTICE = ("**For research and education only. Not for diagnosis.** This model has not been "
+          "validated for clinical use; never use its output to make decisions about a patient.")
+
+log = logging.getLogger("app")
+
+
+def load_bundles(model_repo):
+    """Load every bundle in a comma-separated MODEL_REPO value, keyed by its name."""
+    bundles = {}
+    for spec in [s for s in model_repo.split(",") if s.strip()]:
+        b = load(spec)
+        b.model(np.zeros((1, b.input_size, b.input_size, 3), np.float32), training=False)  # warm up
+        bundles[b.name] = b
+        log.warning("serving %s from %s", b.name, spec.strip())
+    if not bundles:
+        raise BundleError("MODEL_REPO names no bundle")
+    return bundles
+
+
+def label_text(bundle, label):
+    """The text a gr.Label shows for a class: readable name with the class id."""
+    name = bundle.names.get(label, label)
+    return label if name == label else f"{name} ({label})"
+
+
+def classify(bundle, path):
+    """Image file -> {label text: calibrated probability}, with the training preprocessing."""
+    x = load_image(path, bundle.input_size)[None]
+    probs = calibrate(np.asarray(bundle.model(x, training=False)), bundle.temperature)[0]
+    return {label_text(bundle, lab): float(p) for lab, p in zip(bundle.labels, probs)}
+
+
+def summary(bundle):
+    """Markdown with what the user should know about a model: data, classes, held-out figures."""
+    m = bundle.metadata
+    test = m["metrics"]["test"]
+    counts = m["split"]["counts"]
+    split_text = ", ".join(f"{s} {c['images']} images / {c['groups']} groups" for s, c in counts.items())
+    classes = ", ".join(label_text(bundle, lab) for lab in bundle.labels)
+    warnings = "".join(f"\n- {w}" for w in m.get("audit", {}).get("warnings", []))
+    return (f"### {bundle.name}\n"
+            f"**{m['task']['modality']}** images, trained on {m['data']['dataset_name']}. "
+            f"Classes: {classes}.\n\n"
+            f"Held-out test (groups never seen in training): accuracy **{test['accuracy']:.3f}**, "
+            f"macro-F1 **{test['macro_f1']:.3f}** on {test['images']} images. "
+            f"Split ({m['split']['name']}): {split_text}.\n\n"
+            f"Input {bundle.input_size}x{bundle.input_size}, {m['model']['architecture']} network, "
+            f"{m['model']['parameters']:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
+
+
+def build_demo(bundles):
+    names = list(bundles)
+
+    def predict(image, model=None):
+        """Classify one lung image.
+
+        Args:
+            image: the image file (JPEG, PNG, BMP, WebP, TIFF or GIF) to classify.
+            model: which model to use, by name; leave empty for the first (default) model.
+        Returns:
+            The classes with their calibrated confidences, highest first.
+        """
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        bundle = bundles.get(model or names[0])
+        if bundle is None:
+            raise gr.Error(f"Unknown model {model!r}. Choose one of: {', '.join(names)}.")
+        path = image.get("path") if isinstance(image, dict) else image
+        try:
+            return classify(bundle, path)
+        except ImageError as e:
+            raise gr.Error(str(e)) from None
+        except Exception:
+            log.exception("prediction failed")
+            raise gr.Error("The image could not be classified. Try another file.") from None
+
+    with gr.Blocks(title="Lung image classifier (research only)") as demo:
+        gr.Markdown("# Lung image classifier\n" + NOTICE)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                image = gr.Image(type="filepath", label="Lung image: drop, upload or paste",
+                                 sources=["upload", "clipboard"], height=320)
+                model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
+                button = gr.Button("Classify", variant="primary")
+            with gr.Column(scale=1, min_width=300):
+                label = gr.Label(num_top_classes=5, label="Prediction")
+                card = gr.Markdown(summary(bundles[names[0]]))
+        gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=label,
+              api_name="predict", preprocess=False)
+        model.change(lambda n: summary(bundles[n]), model, card, api_name=False, queue=False)
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    return demo
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        bundles = load_bundles(os.environ.get("MODEL_REPO") or DEFAULT_MODELS)
+    except BundleError as e:
+        print(f"error: cannot start: {e}", file=sys.stderr)
+        sys.exit(2)
+    build_demo(bundles).launch(max_file_size=MAX_FILE_SIZE, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""One preprocessing path: what training feeds the model is what the app feeds it."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data import load_images, scan
+from training.preprocess import ImageError, load_image, read_rgb
+
+SIZE = 32
+
+
+def _pattern(h=60, w=40):
+    """An asymmetric RGB picture: a red top-left block on a grey ramp, so rotation shows."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:] = np.linspace(40, 200, w, dtype=np.uint8)[None, :, None]
+    a[: h // 3, : w // 3] = (230, 20, 20)
+    return a
+
+
+def write_variants(folder):
+    """The same picture as RGB JPEG, RGBA PNG, grey PNG, 16-bit PNG and EXIF-rotated JPEG."""
+    os.makedirs(folder, exist_ok=True)
+    a = _pattern()
+    Image.fromarray(a).save(os.path.join(folder, "rgb.jpg"), quality=95)
+    rgba = np.dstack([a, np.full(a.shape[:2], 255, np.uint8)])
+    rgba[:5, :5, 3] = 0  # a transparent corner
+    Image.fromarray(rgba, "RGBA").save(os.path.join(folder, "rgba.png"))
+    grey = a.mean(axis=2).astype(np.uint8)
+    Image.fromarray(grey, "L").save(os.path.join(folder, "grey.png"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(os.path.join(folder, "grey16.png"))
+    # Stored turned on its side, with EXIF orientation 6 (rotate 90 CW to display upright).
+    im = Image.fromarray(np.rot90(a, k=1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(os.path.join(folder, "exif_rotated.jpg"), exif=exif, quality=95)
+    return ["rgb.jpg", "rgba.png", "grey.png", "grey16.png", "exif_rotated.jpg"]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    write_variants(tmp_path)
+    upright = read_rgb(str(tmp_path / "rgb.jpg"))
+    rotated = read_rgb(str(tmp_path / "exif_rotated.jpg"))
+    assert rotated.shape == upright.shape
+    assert np.abs(rotated.astype(int) - upright.astype(int)).mean() < 6
+
+
+def test_sixteen_bit_grey_matches_eight_bit_grey(tmp_path):
+    write_variants(tmp_path)
+    eight = load_image(str(tmp_path / "grey.png"), SIZE)
+    sixteen = load_image(str(tmp_path / "grey16.png"), SIZE)
+    assert np.array_equal(eight, sixteen)
+    assert eight.shape == (SIZE, SIZE, 3) and np.array_equal(eight[..., 0], eight[..., 2])
+
+
+def test_alpha_is_composited_over_black(tmp_path):
+    write_variants(tmp_path)
+    rgb = read_rgb(str(tmp_path / "rgba.png"))
+    assert (rgb[:5, :5] == 0).all() and rgb[10:, 10:].any()
+
+
+def test_bytes_and_path_give_the_same_tensor(tmp_path):
+    write_variants(tmp_path)
+    path = str(tmp_path / "rgb.jpg")
+    assert np.array_equal(load_image(path, SIZE), load_image(open(path, "rb").read(), SIZE))
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"hello, not an image", "not an image"),
+                                              (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not an image")])
+def test_unreadable_input_raises_a_clear_image_error(content, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(content, SIZE)
+
+
+def test_training_loader_lists_unreadable_files_instead_of_hiding_them(tmp_path):
+    write_variants(tmp_path / "a")
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG broken")
+    items = [it for it in scan(str(tmp_path)) if it.label == "a"]
+    x, kept, bad = load_images(str(tmp_path), items, SIZE, progress=False)
+    assert [p for p, _ in bad] == ["a/broken.png"]
+    assert len(kept) == len(x) == 5
+
+
+@pytest.mark.slow
+def test_app_through_gradio_sees_the_tensor_training_sees(tmp_path, tiny_bundle, tiny_server):
+    """Upload each variant to the running app; its answer equals the model's answer on the
+    tensor that training's loader makes for the same file."""
+    import keras
+    from gradio_client import Client, handle_file
+
+    from tests.conftest import label_id
+    from training.evaluate import calibrate
+
+    names = write_variants(tmp_path / "x")
+    items = scan(str(tmp_path))
+    x, kept, _ = load_images(str(tmp_path), items, SIZE, progress=False)
+    model = keras.saving.load_model(os.path.join(tiny_bundle["out"], "model.keras"), safe_mode=True)
+    temperature = tiny_bundle["meta"]["calibration"]["temperature"]
+    expected = calibrate(np.asarray(model(x.astype(np.float32), training=False)), temperature)
+    labels = tiny_bundle["meta"]["classes"]
+    client = Client(tiny_server.url, verbose=False)
+    for it, probs in zip(kept, expected):
+        got = client.predict(handle_file(os.path.join(tmp_path, it.path)), api_name="/predict")
+        by_label = {label_id(c["label"]): c["confidence"] for c in got["confidences"]}
+        assert [round(by_label[lab], 5) for lab in labels] == [round(float(p), 5) for p in probs], it.path
+    assert sorted(os.path.basename(it.path) for it in kept) == sorted(names)

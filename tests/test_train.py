@@ -1,0 +1,71 @@
+"""Training end to end on images the test makes: a bundle that loads and beats chance."""
+
+import json
+import os
+
+import pytest
+
+from training.bundle import load, verify
+from training.data import scan
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_writes_a_complete_bundle(tiny_bundle):
+    out = tiny_bundle["out"]
+    for name in ("model.keras", "classes.json", "metadata.json", "README.md",
+                 "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    meta, classes = verify(out)
+    assert classes["labels"] == ["blue", "green", "red"]
+    assert meta["training"]["command"].startswith("python -m training.train --data ")
+    assert meta["preprocessing"]["input_size"] == [32, 32, 3]
+
+
+def test_trained_model_beats_chance_on_its_held_out_split(tiny_bundle):
+    test = tiny_bundle["meta"]["metrics"]["test"]
+    assert test["images"] >= 6
+    assert test["accuracy"] > 0.6  # chance is 1/3
+
+
+def test_bundle_loads_in_safe_mode(tiny_bundle):
+    b = load(tiny_bundle["out"])
+    assert b.labels == ["blue", "green", "red"] and b.input_size == 32
+
+
+def test_no_exact_duplicate_crosses_the_split(tiny_bundle):
+    """Copies are removed and the split is by group, so no file's bytes are on two sides."""
+    from training.data import sha256_file
+
+    meta = tiny_bundle["meta"]
+    assert meta["audit"]["exact_duplicate_groups"] == 3  # one per class, made by the test
+    assert meta["data"]["images_used"] == meta["data"]["images_found"] - 6
+    split_counts = meta["split"]["counts"]
+    assert sum(c["images"] for c in split_counts.values()) == meta["data"]["images_used"]
+    hashes = {}
+    for it in scan(tiny_bundle["data"]):
+        hashes.setdefault(sha256_file(os.path.join(tiny_bundle["data"], it.path)), []).append(it.path)
+    assert sum(len(v) > 1 for v in hashes.values()) == 3
+
+
+def test_model_card_has_the_held_out_figures_and_yaml(tiny_bundle):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(os.path.join(tiny_bundle["out"], "README.md"))
+    data = card.data.to_dict()
+    assert data["library_name"] == "keras" and data["pipeline_tag"] == "image-classification"
+    acc = tiny_bundle["meta"]["metrics"]["test"]["accuracy"]
+    assert f"{acc:.4f}" in card.text
+    assert "not for diagnosis" in card.text.lower()
+    results = data["model-index"][0]["results"][0]
+    assert {m["type"] for m in results["metrics"]} == {"accuracy", "f1"}
+
+
+def test_published_split_layout_is_scanned_with_its_splits(tmp_path):
+    from tests.conftest import make_dataset
+
+    make_dataset(str(tmp_path), per_class=6, layout="split")
+    items = scan(str(tmp_path))
+    assert {it.label for it in items} == {"red", "green", "blue"}
+    assert {it.published_split for it in items} == {"train", "val", "test"}
+    json.dumps([it.__dict__ for it in items])

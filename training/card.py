@@ -1,0 +1,93 @@
+"""Render a bundle's model card (README.md) from the top-level `model_card.md` template.
+
+The YAML header is built by huggingface_hub's ModelCardData (library_name, pipeline_tag,
+license, datasets, tags, metrics and a model-index with the held-out results), never by
+hand; the body is the Jinja template filled from metadata.json.
+
+    python -m training.card BUNDLE_DIR   # re-render BUNDLE_DIR/README.md from its metadata
+"""
+
+import argparse
+import json
+import os
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_card.md")
+
+
+def card_data(meta):
+    test = meta["metrics"]["test"]
+    data = meta["data"]
+    split_name = meta["split"]["name"]
+    results = [
+        EvalResult(task_type="image-classification", dataset_type=data["dataset_id"],
+                   dataset_name=data["dataset_name"], dataset_split=split_name,
+                   metric_type=metric, metric_name=name, metric_value=round(test[key], 4))
+        for metric, name, key in (("accuracy", "Accuracy (held-out groups)", "accuracy"),
+                                  ("f1", "Macro F1 (held-out groups)", "macro_f1"))
+    ]
+    return ModelCardData(
+        model_name=meta["name"],
+        library_name="keras",
+        pipeline_tag="image-classification",
+        license=data["license"],
+        license_name="research-only" if data["license"] == "other" else None,
+        datasets=[data["dataset_id"]],
+        tags=["keras", "image-classification", "medical-imaging", "lung-cancer",
+              meta["task"]["modality"].lower(), "research-only"],
+        metrics=["accuracy", "f1"],
+        eval_results=results,
+    )
+
+
+def render(meta, classes):
+    test = meta["metrics"]["test"]
+    split = meta["split"]
+    names = classes["names"]
+    per_class = test.get("per_class", {})
+    audit = meta.get("audit", {})
+    audit_lines = [f"- {w}" for w in audit.get("warnings", [])] or ["- No problems found."]
+    audit_text = "\n".join([audit.get("summary", "")] + audit_lines).strip()
+    return ModelCard.from_template(
+        card_data(meta),
+        template_path=TEMPLATE,
+        title=f"{meta['name']}: lung image classifier ({meta['task']['modality']})",
+        summary=meta.get("description", ""),
+        split_name=split["name"],
+        seed=split["seed"],
+        split_rows=[{"split": s, **v} for s, v in split["counts"].items()],
+        metric_rows=[("accuracy", f"{test['accuracy']:.4f}"), ("macro F1", f"{test['macro_f1']:.4f}"),
+                     ("balanced accuracy", f"{test['balanced_accuracy']:.4f}"),
+                     ("expected calibration error", f"{test.get('ece', float('nan')):.4f}")],
+        class_rows=[{"label": lab, "name": names.get(lab, lab), **{k: (f"{v:.3f}" if isinstance(v, float) else v)
+                     for k, v in per_class.get(lab, {}).items()}} for lab in classes["labels"]],
+        audit_text=audit_text,
+        architecture=meta["model"]["architecture"],
+        parameters=f"{meta['model']['parameters']:,}",
+        input_size=meta["preprocessing"]["input_size"][0],
+        modality=meta["task"]["modality"],
+        class_list=", ".join(f"{names.get(l, l)} (`{l}`)" for l in classes["labels"]),
+        temperature=f"{meta.get('calibration', {}).get('temperature', 1.0):.3f}",
+        train_minutes=f"{meta['training']['seconds'] / 60:.1f}",
+        hardware=meta["training"]["hardware"],
+        command=meta["training"]["command"],
+        dataset_name=meta["data"]["dataset_name"],
+        citation=meta["data"]["citation"] or "Cite the data set you trained on.",
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder")
+    args = p.parse_args()
+    with open(os.path.join(args.bundle, "metadata.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(args.bundle, "classes.json")) as f:
+        classes = json.load(f)
+    render(meta, classes).save(os.path.join(args.bundle, "README.md"))
+    print(f"wrote {os.path.join(args.bundle, 'README.md')}")
+
+
+if __name__ == "__main__":
+    main()

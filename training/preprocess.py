@@ -1,0 +1,136 @@
+"""The one path from an image file to the model's input tensor.
+
+Training (`training.data`) and the app (`app.py`) both call `load_image`, so what the
+model sees at serving time is what it saw in training: same decoder, same EXIF rotation,
+same handling of alpha, grey, palette and 16-bit images, same resize.
+
+    from training.preprocess import load_image
+    x = load_image("tile.jpeg", size=128)   # float32, (128, 128, 3), values 0..255
+
+Scaling to the network's range happens inside the model (a Rescaling layer), so the
+bundle carries it and no client has to know it.
+
+Run `python -m training.preprocess IMAGE` to print what an image decodes to.
+"""
+
+import io
+import os
+import sys
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Limits checked on the header, before any pixel is decoded.
+MAX_PIXELS = 40_000_000  # a 6,300 x 6,300 image; more is refused as a decompression bomb
+MIN_SIDE = 16  # smaller than this is no image to classify
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard as a second line
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message is safe to show a user."""
+
+
+def spec(size, colour_mode="rgb"):
+    """The preprocessing spec stored in a bundle's metadata.json (timm-style fields)."""
+    return {
+        "input_size": [size, size, 3],
+        "colour_mode": colour_mode,
+        "decoder": "Pillow, first frame, EXIF orientation applied",
+        "alpha": "composited over black",
+        "grey": "replicated to 3 channels",
+        "sixteen_bit": "divided by 257 to 8 bit",
+        "resize": "squash to input_size, cv2.INTER_AREA down / cv2.INTER_LINEAR up",
+        "dtype": "float32",
+        "value_range": [0, 255],
+        "scaling": "inside the model: Rescaling(1/255)",
+    }
+
+
+def open_image(source):
+    """Open a path or bytes with Pillow and check its header limits, decoding nothing."""
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise ImageError("The file is empty.")
+            im = Image.open(io.BytesIO(source))
+        else:
+            if os.path.getsize(source) == 0:
+                raise ImageError("The file is empty.")
+            im = Image.open(source)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"The image is too large (more than {MAX_PIXELS:,} pixels).") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ImageError(
+            "This file is not an image we can read. Use JPEG, PNG, BMP, WebP, TIFF or GIF."
+        ) from None
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"The image is too large ({width:,} x {height:,} pixels; "
+            f"at most {MAX_PIXELS:,} pixels)."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"The image is too small ({width} x {height} pixels; "
+            f"at least {MIN_SIDE} pixels a side)."
+        )
+    return im
+
+
+def to_rgb(im):
+    """Decode a Pillow image to an (H, W, 3) uint8 RGB array."""
+    try:
+        im.seek(0)  # first frame of an animated GIF or multi-page TIFF
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            if im.mode != "F" and a.max(initial=0) > 255:
+                a = a / 257.0  # 16-bit range to 8-bit range
+            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+            return np.repeat(a[:, :, None], 3, axis=2)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+            alpha = rgba[:, :, 3:4] / 255.0
+            return np.rint(rgba[:, :, :3] * alpha).astype(np.uint8)  # over black
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"The image is too large (more than {MAX_PIXELS:,} pixels).") from None
+    except Exception:
+        raise ImageError("The image file is damaged or truncated and cannot be decoded.") from None
+
+
+def read_rgb(source):
+    """Path or bytes -> (H, W, 3) uint8 RGB, with every check; raises ImageError."""
+    return to_rgb(open_image(source))
+
+
+def resize(rgb, size):
+    """Squash an RGB array to (size, size) the one way training and serving both use."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    shrinking = h * w > size * size
+    method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=method)
+
+
+def load_image(source, size):
+    """Path or bytes -> model input: float32 (size, size, 3), values 0..255."""
+    return resize(read_rgb(source), size).astype(np.float32)
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:] or ["--help"]:
+        if path in ("-h", "--help"):
+            print(__doc__)
+            break
+        im = open_image(path)
+        x = load_image(path, 128)
+        print(f"{path}: {im.format} {im.mode} {im.size} -> {x.shape} mean {x.mean():.1f}")

@@ -1,0 +1,224 @@
+"""Train a lung image classifier on a folder of images and write a model bundle.
+
+    python -m training.train --data ../shared/data/lc25000 --out models/lc25000 --preset lc25000
+
+Steps: scan the folder, audit it (copies grouped), split by group (no copy on both
+sides), decode every image with the one preprocessing path, train a compact Keras CNN
+(augmentation, class weights, early stopping, LR schedule, best-checkpoint restore),
+calibrate on the validation split, evaluate on the held-out test groups, and write the
+bundle: model.keras, classes.json, metadata.json, README.md (model card), figures/.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+
+from training import audit, presets
+from training.preprocess import spec as preprocess_spec
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder: DIR/<class>/* or DIR/{train,valid,test}/<class>/*")
+    p.add_argument("--out", required=True, help="bundle folder to write (created; files replaced)")
+    p.add_argument("--preset", choices=sorted(presets.PRESETS), help="data-set preset: modality, citation, defaults")
+    p.add_argument("--name", help="model name shown in the app and card (default: the --out folder name)")
+    p.add_argument("--arch", default="compact", help="network: compact (default) or seed (the old anchor)")
+    p.add_argument("--width", type=int, default=32, help="channels of the first stage (default 32)")
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: preset's, else 128)")
+    p.add_argument("--epochs", type=int, default=40, help="most epochs; early stopping ends sooner (default 40)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of AdamW (default 2e-3)")
+    p.add_argument("--patience", type=int, default=8, help="epochs without val-loss gain before stopping (default 8)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of groups for validation (default 0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share of groups held out for test (default 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation (default 0)")
+    p.add_argument("--drop-conflicts", action="store_true",
+                   help="drop images whose identical copies carry another label, instead of stopping")
+    p.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
+    return p.parse_args(argv)
+
+
+def augmenter(modality, seed):
+    """tf.data augmentation: flips and 90-degree turns plus light colour jitter for tissue;
+    horizontal flips and light brightness/contrast for CT slices."""
+    import tensorflow as tf
+
+    tissue = modality == "histopathology"
+
+    def aug(x, y):
+        x = tf.cast(x, tf.float32)
+        x = tf.image.random_flip_left_right(x)
+        if tissue:
+            x = tf.image.random_flip_up_down(x)
+            x = tf.image.rot90(x, tf.random.uniform([], 0, 4, dtype=tf.int32))
+            x = tf.image.random_hue(x / 255.0, 0.03) * 255.0
+            x = tf.image.random_saturation(x, 0.85, 1.15)
+        x = tf.image.random_brightness(x, 0.08 * 255.0)
+        x = tf.image.random_contrast(x, 0.85, 1.15)
+        return tf.clip_by_value(x, 0.0, 255.0), y
+
+    return aug
+
+
+def train(args):
+    import keras
+    import tensorflow as tf
+
+    from training import plots
+    from training.bundle import SCHEMA, sha256, write_json
+    from training.card import render
+    from training.data import load_images, scan
+    from training.evaluate import calibrate, fit_temperature, metrics, predict
+    from training.model import build
+    from training.split import fingerprint, split_by_group
+
+    t0 = time.time()
+    keras.utils.set_random_seed(args.seed)
+    pre = presets.preset(args.preset)
+    size = args.image_size or pre["image_size"]
+    name = args.name or os.path.basename(os.path.normpath(args.out))
+
+    items = scan(args.data)
+    print(f"found {len(items)} images in {args.data}")
+    report = audit.run(args.data, items)
+    for w in report["warnings"]:
+        print("audit:", w)
+
+    # One label per group: identical copies under two labels stop training unless dropped.
+    group = dict(zip((it.path for it in items), report["group"]))
+    labels_of = {}
+    for it in items:
+        labels_of.setdefault(group[it.path], set()).add(it.label)
+    conflicts = {g for g, labs in labels_of.items() if len(labs) > 1}
+    if conflicts and not args.drop_conflicts:
+        raise SystemExit(f"{len(conflicts)} images appear under more than one class (e.g. "
+                         f"{sorted(conflicts)[0]}). Fix the labels, or pass --drop-conflicts.")
+    # Keep one file per exact-duplicate group (byte-identical copies teach nothing new).
+    keep = [it for it in items if group[it.path] not in conflicts]
+    exact = {p for g in report["exact_duplicate_groups"] for p in g[1:]}
+    keep = [it for it in keep if it.path not in exact]
+    removed = len(items) - len(keep)
+    print(f"kept {len(keep)} images ({removed} exact duplicates or conflicts removed)")
+
+    x, kept, bad = load_images(args.data, keep, size)
+    for path, why in bad:
+        print(f"skipped unreadable {path}: {why}")
+    labels = sorted({it.label for it in kept})
+    if len(labels) < 2:
+        raise SystemExit(f"Need at least two classes, found {labels}")
+    y = np.array([labels.index(it.label) for it in kept])
+    groups = [group[it.path] for it in kept]
+    split = np.array(split_by_group(y, groups, args.val_fraction, args.test_fraction, args.seed))
+    counts = {s: {"images": int((split == s).sum()), "groups": len({g for g, t in zip(groups, split) if t == s}),
+                  "per_class": {lab: int(((split == s) & (y == i)).sum()) for i, lab in enumerate(labels)}}
+              for s in ("train", "val", "test")}
+    for s, c in counts.items():
+        print(f"{s:5s}: {c['images']} images in {c['groups']} groups {c['per_class']}")
+    tr, va, te = (split == "train"), (split == "val"), (split == "test")
+
+    from sklearn.utils.class_weight import compute_class_weight
+    cw = compute_class_weight("balanced", classes=np.arange(len(labels)), y=y[tr])
+    steps = int(np.ceil(tr.sum() / args.batch_size))
+    train_ds = (tf.data.Dataset.from_tensor_slices((x[tr], y[tr]))
+                .shuffle(int(tr.sum()), seed=args.seed, reshuffle_each_iteration=True)
+                .map(augmenter(pre["modality"], args.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+    val_ds = tf.data.Dataset.from_tensor_slices((x[va].astype(np.float32), y[va])).batch(64)
+
+    model = build(args.arch, size, len(labels), width=args.width)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps * args.epochs, warmup_target=args.lr, warmup_steps=steps * 2, alpha=0.02)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
+    ckpt = os.path.join(tempfile.mkdtemp(prefix="lung-train-"), "best.weights.h5")
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
+    ]
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks,
+                     class_weight=dict(enumerate(cw)), verbose=args.verbose,
+                     shuffle=False)  # train_ds shuffles itself, each epoch
+    if os.path.exists(ckpt):
+        model.load_weights(ckpt)
+        os.remove(ckpt)
+    train_seconds = time.time() - t0
+
+    temperature = fit_temperature(predict(model, x[va]), y[va]) if va.any() else 1.0
+    probs = calibrate(predict(model, x[te]), temperature)
+    test = metrics(probs, y[te], labels)
+    val = metrics(calibrate(predict(model, x[va]), temperature), y[va], labels) if va.any() else {}
+    print(f"held-out test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
+          f"on {test['images']} images; temperature {temperature:.3f}")
+
+    names = {lab: presets.class_name(lab) for lab in labels}
+    figs = os.path.join(args.out, "figures")
+    plots.confusion_matrix(y[te], probs.argmax(1), labels, os.path.join(figs, "confusion_matrix.png"))
+    plots.training_curves(hist.history, os.path.join(figs, "training_curves.png"))
+    plots.reliability(probs.max(1), probs.argmax(1) == y[te], os.path.join(figs, "reliability.png"))
+
+    model_path = os.path.join(args.out, "model.keras")
+    served = build(args.arch, size, len(labels), width=args.width)  # uncompiled: no optimizer state
+    served.set_weights(model.get_weights())
+    served.save(model_path)
+    classes = {"labels": labels, "names": names}
+    rows = [(it.path, it.label, g, s) for it, g, s in zip(kept, groups, split)]
+    meta = {
+        "schema": SCHEMA,
+        "name": name,
+        "description": f"A {args.arch} CNN that sorts {pre['modality']} images into "
+                       f"{len(labels)} classes, trained on {pre['dataset_name']}.",
+        "task": {"type": "image-classification", "modality": pre["modality"]},
+        "preprocessing": preprocess_spec(size),
+        "model": {"architecture": args.arch, "width": args.width, "parameters": int(model.count_params()),
+                  "file": "model.keras", "sha256": sha256(model_path),
+                  "bytes": os.path.getsize(model_path)},
+        "classes": labels,
+        "data": {"dataset_id": pre["dataset_id"], "dataset_name": pre["dataset_name"],
+                 "citation": pre["citation"], "license": pre["license"],
+                 "fingerprint": report["fingerprint"], "images_found": len(items),
+                 "images_used": len(kept), "unreadable": [p for p, _ in bad]},
+        "audit": {k: report[k] for k in ("summary", "warnings")}
+        | {k: len(report[k]) for k in ("exact_duplicate_groups", "cross_class_groups", "cross_split_groups")},
+        "split": {"name": "group split (exact copies grouped), stratified by class",
+                  "seed": args.seed, "fractions": {"val": args.val_fraction, "test": args.test_fraction},
+                  "fingerprint": fingerprint(rows), "counts": counts},
+        "metrics": {"test": test, "val": val},
+        "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
+        "training": {"command": "python -m training.train " + shlex.join(args.argv),
+                     "epochs_run": len(hist.history["loss"]), "epochs_max": args.epochs,
+                     "batch_size": args.batch_size, "lr": args.lr, "seconds": round(train_seconds, 1),
+                     "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+                     "history": {k: [round(float(v), 5) for v in vs] for k, vs in hist.history.items()
+                                 if k != "learning_rate"}},
+        "versions": {"python": platform.python_version(), "keras": keras.__version__,
+                     "tensorflow": tf.__version__, "numpy": np.__version__},
+    }
+    write_json(os.path.join(args.out, "classes.json"), classes)
+    write_json(os.path.join(args.out, "metadata.json"), meta)
+    render(meta, classes).save(os.path.join(args.out, "README.md"))
+    print(f"wrote bundle {args.out} ({os.path.getsize(model_path) / 1e6:.1f} MB model) "
+          f"in {train_seconds / 60:.1f} min")
+    return meta
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    args.argv = argv
+    return train(args)
+
+
+if __name__ == "__main__":
+    main()
