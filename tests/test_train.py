@@ -69,3 +69,20 @@ def test_published_split_layout_is_scanned_with_its_splits(tmp_path):
     assert {it.label for it in items} == {"red", "green", "blue"}
     assert {it.published_split for it in items} == {"train", "val", "test"}
     json.dumps([it.__dict__ for it in items])
+
+
+def test_evaluate_cli_reports_and_writes_metrics(tiny_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "eval"
+    p = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", tiny_bundle["out"],
+                        "--data", tiny_bundle["data"], "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "precision" in p.stdout and "macro avg" in p.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == tiny_bundle["meta"]["data"]["images_found"]
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
