@@ -11,6 +11,7 @@ Settings (environment variables, all optional):
     CONCURRENCY_LIMIT   predictions run at once (default 2, one per free-Space core)
     QUEUE_SIZE          requests waiting before new ones are told the Space is busy (default 32)
     MAX_FILE_SIZE       largest upload accepted, refused before decoding (default 10mb)
+    UPLOAD_TTL          seconds an uploaded file is kept before it is deleted (default 600)
 
 Every bundle is verified (schema, sha256, Keras safe mode) and warmed up at start-up; a
 bundle that fails stops start-up with a message saying which check failed. The API has
@@ -21,36 +22,25 @@ value. For research and education only, not for diagnosis.
 import logging
 import os
 import sys
+import tempfile
 
 import gradio as gr
 import numpy as np
 
 from training.bundle import BundleError, load
 from training.evaluate import calibrate
-from training.preprocess import ImageError, load_image
+from training.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODELS = os.path.join(HERE, "models", "lc25000")
 CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "2"))
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "32"))
 MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "10mb")
+UPLOAD_TTL = int(os.environ.get("UPLOAD_TTL", "600"))
 NOTICE = ("**For research and education only. Not for diagnosis.** This model has not been "
           "validated for clinical use; never use its output to make decisions about a patient.")
 
 log = logging.getLogger("app")
-
-
-def load_bundles(model_repo):
-    """Load every bundle in a comma-separated MODEL_REPO value, keyed by its name."""
-    bundles = {}
-    for spec in [s for s in model_repo.split(",") if s.strip()]:
-        b = load(spec)
-        b.model(np.zeros((1, b.input_size, b.input_size, 3), np.float32), training=False)  # warm up
-        bundles[b.name] = b
-        log.warning("serving %s from %s", b.name, spec.strip())
-    if not bundles:
-        raise BundleError("MODEL_REPO names no bundle")
-    return bundles
 
 
 def label_text(bundle, label):
@@ -59,11 +49,39 @@ def label_text(bundle, label):
     return label if name == label else f"{name} ({label})"
 
 
-def classify(bundle, path):
-    """Image file -> {label text: calibrated probability}, with the training preprocessing."""
-    x = load_image(path, bundle.input_size)[None]
-    probs = calibrate(np.asarray(bundle.model(x, training=False)), bundle.temperature)[0]
-    return {label_text(bundle, lab): float(p) for lab, p in zip(bundle.labels, probs)}
+class Served:
+    """A bundle ready to answer: all per-model work (tracing the forward pass, label texts)
+    is done once here, at start-up, so a request only decodes its image and runs the model."""
+
+    def __init__(self, bundle):
+        import tensorflow as tf
+
+        self.bundle = bundle
+        self.size = bundle.input_size
+        self.texts = [label_text(bundle, lab) for lab in bundle.labels]
+        model = bundle.model
+        spec = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
+        # A traced graph: no Keras call overhead and no retracing per request.
+        self.forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        self.forward(np.zeros((1, self.size, self.size, 3), np.float32))  # trace and warm up
+
+    def classify(self, path):
+        """Image file -> {label text: calibrated probability}, with the training preprocessing."""
+        x = load_image(path, self.size)[None]
+        probs = calibrate(self.forward(x).numpy(), self.bundle.temperature)[0]
+        return dict(zip(self.texts, probs.tolist()))
+
+
+def load_bundles(model_repo):
+    """Load, verify and warm up every bundle in a comma-separated MODEL_REPO value, keyed by name."""
+    bundles = {}
+    for spec in [s for s in model_repo.split(",") if s.strip()]:
+        b = load(spec)
+        bundles[b.name] = Served(b)
+        log.warning("serving %s from %s", b.name, spec.strip())
+    if not bundles:
+        raise BundleError("MODEL_REPO names no bundle")
+    return bundles
 
 
 def summary(bundle):
@@ -84,6 +102,24 @@ def summary(bundle):
             f"{m['model']['parameters']:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
 
 
+def example_rows(bundles):
+    """[image, model name] for each image in a served bundle's examples/ folder. Examples
+    travel with the model repo; this repo ships none."""
+    rows = []
+    for name, served in bundles.items():
+        folder = os.path.join(served.bundle.folder, "examples")
+        if os.path.isdir(folder):
+            rows += [[os.path.join(folder, f), name] for f in sorted(os.listdir(folder))
+                     if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return rows
+
+
+API_DESCRIPTION = ("Classify one lung image. image: the image file (JPEG, PNG, BMP, WebP, TIFF or "
+                   f"GIF; up to {MAX_FILE_SIZE}). model: the name of a served model; omit it for "
+                   "the default. Returns the top class and the calibrated confidence of every "
+                   "class. For research and education only, not for diagnosis.")
+
+
 def build_demo(bundles):
     names = list(bundles)
 
@@ -98,32 +134,42 @@ def build_demo(bundles):
         """
         if image is None:
             raise gr.Error("Upload an image first.")
-        bundle = bundles.get(model or names[0])
-        if bundle is None:
+        served = bundles.get(str(model or names[0]))
+        if served is None:
             raise gr.Error(f"Unknown model {model!r}. Choose one of: {', '.join(names)}.")
         path = image.get("path") if isinstance(image, dict) else image
         try:
-            return classify(bundle, path)
+            return served.classify(path)
         except ImageError as e:
             raise gr.Error(str(e)) from None
         except Exception:
             log.exception("prediction failed")
             raise gr.Error("The image could not be classified. Try another file.") from None
 
-    with gr.Blocks(title="Lung image classifier (research only)") as demo:
+    # delete_cache: every UPLOAD_TTL seconds, uploads older than UPLOAD_TTL are deleted.
+    with gr.Blocks(title="Lung image classifier (research only)",
+                   delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
         gr.Markdown("# Lung image classifier\n" + NOTICE)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                image = gr.Image(type="filepath", label="Lung image: drop, upload or paste",
+                image = gr.Image(type="filepath", label="Lung image (histopathology tile or CT slice)",
                                  sources=["upload", "clipboard"], height=320)
                 model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
                 button = gr.Button("Classify", variant="primary")
             with gr.Column(scale=1, min_width=300):
                 label = gr.Label(num_top_classes=5, label="Prediction")
-                card = gr.Markdown(summary(bundles[names[0]]))
+                card = gr.Markdown(summary(bundles[names[0]].bundle))
         gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=label,
-              api_name="predict", preprocess=False)
-        model.change(lambda n: summary(bundles[n]), model, card, api_name=False, queue=False)
+              api_name="predict", api_description=API_DESCRIPTION, preprocess=False)
+        rows = example_rows(bundles)
+        if rows:
+            # Lazy: an example is classified on its first click, so start-up stays fast. The
+            # cache lives in a fresh folder per run: one left on disk may be another model's.
+            os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="examples-"))
+            gr.Examples(rows, inputs=[image, model], outputs=label, fn=predict,
+                        cache_examples=True, cache_mode="lazy", examples_per_page=12,
+                        visible_columns=None if len(names) > 1 else [0])
+        model.change(lambda n: summary(bundles[n].bundle), model, card, api_name=False, queue=False)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
     return demo
 
@@ -135,7 +181,9 @@ def main():
     except BundleError as e:
         print(f"error: cannot start: {e}", file=sys.stderr)
         sys.exit(2)
-    build_demo(bundles).launch(max_file_size=MAX_FILE_SIZE, show_error=True)
+    # show_error=False: clients see gr.Error messages (ours, all written for users), never
+    # the text of an unexpected exception, which could name server paths.
+    build_demo(bundles).launch(max_file_size=MAX_FILE_SIZE, show_error=False)
 
 
 if __name__ == "__main__":

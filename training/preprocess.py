@@ -27,6 +27,13 @@ MIN_SIDE = 16  # smaller than this is no image to classify
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard as a second line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# The only decoders Pillow may pick (its JPEG one also opens camera MPO files). Everything
+# else it knows (EPS, which runs Ghostscript, PSD, ICO ...) is refused by the header.
+FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+NOT_AN_IMAGE = "This file is not an image we can read. Use JPEG, PNG, BMP, WebP, TIFF or GIF."
+TOO_LARGE = f"The image is too large (more than {MAX_PIXELS:,} pixels)."
+DAMAGED = "The image file is damaged or truncated and cannot be decoded."
 
 
 class ImageError(ValueError):
@@ -38,7 +45,8 @@ def spec(size, colour_mode="rgb"):
     return {
         "input_size": [size, size, 3],
         "colour_mode": colour_mode,
-        "decoder": "Pillow, first frame, EXIF orientation applied",
+        "decoder": "Pillow (JPEG PNG BMP WebP TIFF GIF), first frame, EXIF orientation "
+                   "applied; large JPEGs DCT-downscaled (Pillow draft) to no less than input_size",
         "alpha": "composited over black",
         "grey": "replicated to 3 channels",
         "sixteen_bit": "divided by 257 to 8 bit",
@@ -50,24 +58,25 @@ def spec(size, colour_mode="rgb"):
 
 
 def open_image(source):
-    """Open a path or bytes with Pillow and check its header limits, decoding nothing."""
+    """Open a path or bytes with Pillow and check its header limits, decoding nothing.
+
+    Refused here, from the header alone: empty files, formats outside FORMATS, images over
+    MAX_PIXELS (decompression bombs) and images under MIN_SIDE pixels a side."""
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:
                 raise ImageError("The file is empty.")
-            im = Image.open(io.BytesIO(source))
+            im = Image.open(io.BytesIO(source), formats=FORMATS)
         else:
             if os.path.getsize(source) == 0:
                 raise ImageError("The file is empty.")
-            im = Image.open(source)
+            im = Image.open(source, formats=FORMATS)
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"The image is too large (more than {MAX_PIXELS:,} pixels).") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ImageError(
-            "This file is not an image we can read. Use JPEG, PNG, BMP, WebP, TIFF or GIF."
-        ) from None
+        raise ImageError(TOO_LARGE) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise ImageError(NOT_AN_IMAGE) from None
     width, height = im.size
     if width * height > MAX_PIXELS:
         raise ImageError(
@@ -82,33 +91,52 @@ def open_image(source):
     return im
 
 
-def to_rgb(im):
-    """Decode a Pillow image to an (H, W, 3) uint8 RGB array."""
+def to_rgb(im, size=None):
+    """Decode a Pillow image to an (H, W, 3) uint8 RGB array.
+
+    With `size`, a large JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
+    never below size x size: the same picture for the model at a fraction of the time and
+    memory of a full decode."""
     try:
         im.seek(0)  # first frame of an animated GIF or multi-page TIFF
+        if size and im.format in ("JPEG", "MPO"):
+            im.draft(None, (size, size))
+        im.load()
+    except Image.DecompressionBombError:
+        raise ImageError(TOO_LARGE) from None
+    except Exception:
+        raise ImageError(DAMAGED) from None
+    try:
         im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            a = np.asarray(im, dtype=np.float64)
-            if im.mode != "F" and a.max(initial=0) > 255:
-                a = a / 257.0  # 16-bit range to 8-bit range
-            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-            return np.repeat(a[:, :, None], 3, axis=2)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    except Exception:
+        pass  # a damaged EXIF block: the pixels are fine, keep them as stored
+    try:
+        if im.mode in SIXTEEN_BIT:
+            a = np.rint(np.asarray(im, dtype=np.float32) / 257.0)  # 16-bit range to 8-bit
+            return np.repeat(np.clip(a, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        if im.mode in ("I", "F"):  # 32-bit int or float grey: 16-bit range if it exceeds 8 bits
+            a = np.asarray(im, dtype=np.float32)
+            if a.max(initial=0) > 255:
+                a = a / 257.0
+            return np.repeat(np.clip(np.rint(a), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
             rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
             alpha = rgba[:, :, 3:4] / 255.0
             return np.rint(rgba[:, :, :3] * alpha).astype(np.uint8)  # over black
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageError(f"The image is too large (more than {MAX_PIXELS:,} pixels).") from None
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)  # RGB, L, 1, P, CMYK, YCbCr, LAB
     except Exception:
-        raise ImageError("The image file is damaged or truncated and cannot be decoded.") from None
+        raise ImageError(f"Images in colour mode {im.mode} are not supported. "
+                         "Save it as an RGB or grey JPEG or PNG.") from None
 
 
-def read_rgb(source):
-    """Path or bytes -> (H, W, 3) uint8 RGB, with every check; raises ImageError."""
-    return to_rgb(open_image(source))
+def read_rgb(source, size=None):
+    """Path or bytes -> (H, W, 3) uint8 RGB, with every check; raises ImageError.
+    `size` (the model's input side) lets large JPEGs decode at a reduced scale."""
+    im = open_image(source)
+    try:
+        return to_rgb(im, size)
+    finally:
+        im.close()
 
 
 def resize(rgb, size):
@@ -123,7 +151,7 @@ def resize(rgb, size):
 
 def load_image(source, size):
     """Path or bytes -> model input: float32 (size, size, 3), values 0..255."""
-    return resize(read_rgb(source), size).astype(np.float32)
+    return resize(read_rgb(source, size), size).astype(np.float32)
 
 
 if __name__ == "__main__":
