@@ -8,11 +8,12 @@
     figures/        confusion matrix, training curves, reliability diagram
 
 `resolve` turns a MODEL_REPO entry (a folder, or a Hub repo id with optional @revision)
-into a local folder; `verify` checks a folder before anything is loaded from it; `load`
-does both and returns a ready Bundle. Every refusal is a BundleError whose message says
-which check failed.
+into a local folder, pulling only the bundle's files of that revision from the Hub (or,
+when the Hub cannot be reached, from the cache, saying so); `verify` checks a folder
+before anything is loaded from it; `load` does both and returns a ready Bundle. Every
+refusal is a BundleError whose message says which check failed.
 
-    python -m training.bundle FOLDER_OR_REPO   # verify and print a summary
+    python -m training.bundle FOLDER_OR_REPO[@REVISION]   # verify and print a summary
 """
 
 import argparse
@@ -44,30 +45,68 @@ def sha256(path):
 
 def resolve(spec):
     """A MODEL_REPO entry -> local folder. Folders are used as they are; anything else is
-    a Hub repo id, `owner/name` or `owner/name@revision`, pulled with snapshot_download."""
+    a Hub repo id, `owner/name` or `owner/name@revision`, pulled with `pull`."""
     spec = spec.strip()
     if os.path.isdir(spec):
         return spec
     if spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1):
         raise BundleError(f"{spec}: no such bundle folder")
     repo_id, _, revision = spec.partition("@")
-    if repo_id.count("/") != 1:
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise BundleError(f"{spec}: not a folder, and not a Hub repo id like owner/name[@revision]")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    return pull(repo_id, revision or None, spec)
 
-    kwargs = dict(repo_id=repo_id, revision=revision or None, allow_patterns=ALLOW_PATTERNS)
+
+def pull(repo_id, revision=None, spec=None):
+    """Download only the bundle's files of one revision of a Hub model repo; returns the
+    snapshot folder in the Hugging Face cache (HF_HUB_CACHE).
+
+    The Hub (HF_ENDPOINT) is asked once, with a timeout (HF_HUB_ETAG_TIMEOUT, 10 s), which
+    commit the revision is. When it cannot be reached, the cached snapshot of that same
+    revision is used and the log says so; without one this fails at once, no retries.
+    Private repos need HF_TOKEN (or `hf auth login`)."""
+    from httpx2 import TransportError
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RemoteEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    spec = spec or (f"{repo_id}@{revision}" if revision else repo_id)
+    rev = revision or constants.DEFAULT_REVISION
     try:
-        return snapshot_download(**kwargs)
-    except RepositoryNotFoundError:
-        raise BundleError(f"{spec}: model repo not found on the Hub (or private: set HF_TOKEN)") from None
+        HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS)
     except GatedRepoError:
-        raise BundleError(f"{spec}: gated model repo; set HF_TOKEN with access") from None
+        raise BundleError(f"{spec}: gated model repo on {constants.ENDPOINT}; set HF_TOKEN to a token "
+                          "with access") from None
+    except RepositoryNotFoundError:
+        raise BundleError(f"{spec}: model repo {repo_id} not found on {constants.ENDPOINT} (if it is "
+                          "private, set HF_TOKEN to a token that can read it)") from None
     except RevisionNotFoundError:
-        raise BundleError(f"{spec}: revision {revision!r} not found in {repo_id}") from None
+        raise BundleError(f"{spec}: revision {rev!r} not found in {repo_id} (a branch, tag or "
+                          "commit id)") from None
+    except RemoteEntryNotFoundError:
+        raise BundleError(f"{spec}: a file of the bundle listed in {repo_id}@{rev} cannot be "
+                          "downloaded") from None
+    except (TransportError, OfflineModeIsEnabled, HfHubHTTPError) as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(e, HfHubHTTPError) and status is not None and status < 500:
+            raise BundleError(f"{spec}: the Hub at {constants.ENDPOINT} refused the request "
+                              f"(HTTP {status}); check HF_TOKEN") from None
+        reason = "HF_HUB_OFFLINE is set" if isinstance(e, OfflineModeIsEnabled) else (
+            f"HTTP {status}" if status else type(e).__name__)
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                   local_files_only=True)
+    except IncompleteSnapshotError as e:  # e.g. figures missing: verify() names what matters
+        folder = e.snapshot_path
     except LocalEntryNotFoundError:
-        raise BundleError(f"{spec}: the Hub cannot be reached and no cached copy exists") from None
+        raise BundleError(f"{spec}: the Hub at {constants.ENDPOINT} cannot be reached ({reason}) and "
+                          f"no cached snapshot of revision {rev!r} is in HF_HUB_CACHE") from None
+    log.warning("%s: the Hub at %s cannot be reached (%s); using the cached snapshot of %s@%s "
+                "(commit %s)", spec, constants.ENDPOINT, reason, repo_id, rev, os.path.basename(folder))
+    return folder
 
 
 @dataclass

@@ -4,7 +4,10 @@ The YAML header is built by huggingface_hub's ModelCardData (library_name, pipel
 license, datasets, tags, metrics and a model-index with the held-out results), never by
 hand; the body is the Jinja template filled from metadata.json.
 
-    python -m training.card BUNDLE_DIR   # re-render BUNDLE_DIR/README.md from its metadata
+    python -m training.card BUNDLE_DIR [--repo-id OWNER/NAME --revision v1]   # re-render README.md
+
+The card must pass the Hub's metadata check: scripts/push_to_hub.py runs
+ModelCard.validate before uploading, and tests/test_hub.py checks the YAML offline.
 """
 
 import argparse
@@ -41,7 +44,9 @@ def card_data(meta):
     )
 
 
-def render(meta, classes):
+def render(meta, classes, repo_id=None, revision=None):
+    """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
+    publishing) fill in the loading instructions, else they show OWNER/NAME."""
     test = meta["metrics"]["test"]
     split = meta["split"]
     names = classes["names"]
@@ -74,19 +79,29 @@ def render(meta, classes):
         command=meta["training"]["command"],
         dataset_name=meta["data"]["dataset_name"],
         citation=meta["data"]["citation"] or "Cite the data set you trained on.",
+        repo_id=repo_id or "OWNER/NAME",
+        revision=revision,
     )
+
+
+def write(bundle, repo_id=None, revision=None):
+    """Re-render BUNDLE/README.md from the bundle's metadata.json and classes.json."""
+    with open(os.path.join(bundle, "metadata.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    with open(os.path.join(bundle, "classes.json"), encoding="utf-8") as f:
+        classes = json.load(f)
+    path = os.path.join(bundle, "README.md")
+    render(meta, classes, repo_id, revision).save(path)
+    return path
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--repo-id", help="Hub repo id the bundle is published as (fills in how to load it)")
+    p.add_argument("--revision", help="tag or branch to name in the loading instructions")
     args = p.parse_args()
-    with open(os.path.join(args.bundle, "metadata.json")) as f:
-        meta = json.load(f)
-    with open(os.path.join(args.bundle, "classes.json")) as f:
-        classes = json.load(f)
-    render(meta, classes).save(os.path.join(args.bundle, "README.md"))
-    print(f"wrote {os.path.join(args.bundle, 'README.md')}")
+    print(f"wrote {write(args.bundle, args.repo_id, args.revision)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""Publish a model bundle to a Hugging Face Hub model repo, and print its URL and commit.
+
+    python scripts/push_to_hub.py models/lc25000 --repo-id OWNER/NAME --tag v1
+    python scripts/push_to_hub.py BUNDLE_DIR --repo-id OWNER/NAME --private --revision dev \\
+        --commit-message "Retrained on more tiles"
+
+What it does, in order, stopping with a clear message at the first problem:
+  1. verifies the bundle as the app will (files, schema version, sha256 of model.keras);
+  2. re-renders the model card (README.md) so its "How to use" names this repo and tag,
+     and has the Hub validate the card's YAML metadata;
+  3. creates the repo (and the branch given by --revision) if needed;
+  4. uploads the bundle's files with HfApi.upload_folder (bundle files that are no longer
+     in the folder, e.g. an old figure, are deleted from the repo; other files are kept);
+  5. tags that commit (--tag); an existing tag is never moved, since Spaces pin to it.
+
+The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
+HF_ENDPOINT selects another Hub (the tests use tests/local_hub.py). Then serve it with
+`MODEL_REPO=OWNER/NAME@TAG python app.py`.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from training.bundle import ALLOW_PATTERNS, BundleError, verify  # noqa: E402
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def publish(args):
+    from huggingface_hub import HfApi, ModelCard, constants, get_token
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from training import card
+
+    endpoint = constants.ENDPOINT
+    if get_token() is None:
+        fail("no Hugging Face token: set HF_TOKEN to a token with write access, or run "
+             "`hf auth login`")
+    try:
+        meta, classes = verify(args.bundle)
+    except BundleError as e:
+        fail(f"not publishing an invalid bundle: {e}")
+    print(f"verified {args.bundle}: {meta.get('name')}, {len(classes['labels'])} classes, "
+          f"model.keras sha256 {meta['model']['sha256'][:12]}...")
+
+    api = HfApi()
+    branch = args.revision or constants.DEFAULT_REVISION
+    pinned = args.tag or (None if branch == constants.DEFAULT_REVISION else branch)
+    if args.tag:
+        try:
+            api.repo_info(args.repo_id, revision=args.tag)
+            fail(f"tag {args.tag!r} already exists in {args.repo_id}; tags pin what Spaces "
+                 "serve and are never moved: choose a new tag")
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            pass
+    readme = card.write(args.bundle, args.repo_id, pinned)
+    ModelCard.load(readme).validate()
+    print(f"card {readme} names {args.repo_id}{'@' + pinned if pinned else ''}; its metadata "
+          f"passed the Hub's check")
+
+    api.create_repo(args.repo_id, private=args.private or None, exist_ok=True)
+    if branch != constants.DEFAULT_REVISION:
+        api.create_branch(args.repo_id, branch=branch, exist_ok=True)
+    message = args.commit_message or (f"Upload bundle {meta.get('name')} (model.keras sha256 "
+                                      f"{meta['model']['sha256'][:12]})")
+    commit = api.upload_folder(repo_id=args.repo_id, folder_path=args.bundle, revision=branch,
+                               commit_message=message, allow_patterns=ALLOW_PATTERNS,
+                               delete_patterns=ALLOW_PATTERNS)
+    if args.tag:
+        api.create_tag(args.repo_id, tag=args.tag, revision=commit.oid,
+                       tag_message=f"bundle {meta.get('name')}")
+    spec = f"{args.repo_id}@{pinned or commit.oid}"
+    private = api.repo_info(args.repo_id, revision=commit.oid).private
+    print(f"published: {endpoint}/{args.repo_id}{' (private)' if private else ''}")
+    print(f"commit:    {commit.oid} on {branch}{f', tagged {args.tag}' if args.tag else ''}")
+    print(f"serve it:  MODEL_REPO={spec} python app.py")
+    return {"commit": commit.oid, "spec": spec}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder written by `python -m training.train --out`")
+    p.add_argument("--repo-id", required=True, help="Hub model repo, OWNER/NAME (created if missing)")
+    p.add_argument("--tag", help="tag the new commit, e.g. v1; serve it with MODEL_REPO=OWNER/NAME@v1")
+    p.add_argument("--private", action="store_true", help="create the repo private (the app then needs HF_TOKEN)")
+    p.add_argument("--revision", metavar="BRANCH", help="branch to commit to (default main; created if missing)")
+    p.add_argument("--commit-message", help="commit message (default names the bundle and its sha256)")
+    args = p.parse_args(argv)
+    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
+        p.error("--repo-id must look like OWNER/NAME")
+
+    from httpx2 import TransportError
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return publish(args)
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        hint = {401: "the token was refused: check HF_TOKEN or run `hf auth login`",
+                403: "the token may not write to this repo: use a token with write access"}
+        server = (e.server_message or "").strip().splitlines()
+        fail(f"the Hub at {constants.ENDPOINT} answered HTTP {status}"
+             f"{': ' + server[0] if server else ''}"
+             f"{'; ' + hint[status] if status in hint else ''}")
+    except ValueError as e:  # ModelCard.validate: the Hub's answer lists the problems
+        try:
+            problems = "; ".join(err["message"] for err in json.loads(str(e))["errors"])
+        except (ValueError, KeyError, TypeError):
+            problems = str(e).strip()[:500]
+        fail(f"the Hub refused the model card's metadata: {problems}")
+    except TransportError as e:
+        fail(f"cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__})")
+
+
+if __name__ == "__main__":
+    main()
