@@ -1,0 +1,291 @@
+"""The Hub round trip: publish a bundle with scripts/push_to_hub.py, serve it from the Hub
+with app.py, and refuse what must be refused.
+
+The real huggingface_hub client (in the push script, the app and `python -m
+training.bundle`) talks to tests/local_hub.py on 127.0.0.1 through HF_ENDPOINT; the
+Hugging Face cache is a temporary folder (HF_HOME, HF_HUB_CACHE).
+"""
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, AppServer, blob_image, free_port, label_id, run_app_until_exit
+from tests.local_hub import LocalHub, card_metadata_errors
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "hf_test" + secrets.token_hex(16)
+OUTPUTS = []  # everything the tools printed in this module, checked for the token at the end
+
+
+def run(args, env, timeout=120):
+    """Run a project command (push script, bundle CLI) as a user would; returns (code, output)."""
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=timeout)
+    OUTPUTS.append(p.stdout + p.stderr)
+    return p.returncode, p.stdout + p.stderr
+
+
+def push(bundle, repo_id, *options, env):
+    code, out = run(["scripts/push_to_hub.py", str(bundle), "--repo-id", repo_id, *options], env)
+    assert code == 0, out
+    return out
+
+
+def rehash(bundle, **meta_changes):
+    """Record model.keras's sha256 (and any metadata changes) in metadata.json, as training does."""
+    from training.bundle import sha256, write_json
+
+    path = os.path.join(bundle, "metadata.json")
+    meta = json.load(open(path))
+    meta.update(meta_changes)
+    meta["model"]["sha256"] = sha256(os.path.join(bundle, "model.keras"))
+    write_json(path, meta)
+
+
+def copy_bundle(tiny_bundle, folder):
+    shutil.copytree(tiny_bundle["out"], folder)
+    return folder
+
+
+def predict(url, image, model):
+    from gradio_client import Client, handle_file
+
+    return label_id(Client(url, verbose=False).predict(handle_file(image), model, api_name="/predict")["label"])
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = LocalHub(TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hub_env(hub, tmp_path_factory):
+    home = tmp_path_factory.mktemp("hf_home")
+    return {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@pytest.fixture(scope="module")
+def published(tiny_bundle, hub_env, tmp_path_factory):
+    """lab/tiny@v1 (the tiny bundle), lab/tiny@v2 (the same network with the blue and red
+    outputs swapped, so it calls a blue image red) and lab/tiny-private@v1."""
+    import keras
+
+    root = tmp_path_factory.mktemp("published")
+    v1 = copy_bundle(tiny_bundle, root / "v1")
+    out_v1 = push(v1, "lab/tiny", "--tag", "v1", env=hub_env)
+
+    v2 = copy_bundle(tiny_bundle, root / "v2")
+    model = keras.saving.load_model(str(v2 / "model.keras"), compile=False)
+    labels = json.load(open(v2 / "classes.json"))["labels"]
+    kernel, bias = model.layers[-1].get_weights()
+    order = list(range(len(labels)))
+    blue, red = labels.index("blue"), labels.index("red")
+    order[blue], order[red] = red, blue
+    model.layers[-1].set_weights([kernel[:, order], bias[order]])
+    model.save(str(v2 / "model.keras"))
+    rehash(v2, name="tiny-v2")
+    push(v2, "lab/tiny", "--tag", "v2", "--commit-message", "Swap the blue and red outputs", env=hub_env)
+
+    private = copy_bundle(tiny_bundle, root / "private")
+    rehash(private, name="tiny-private")
+    push(private, "lab/tiny-private", "--tag", "v1", "--private", env=hub_env)
+    return {"v1_output": out_v1, "folders": [v1, v2, private]}
+
+
+@pytest.fixture(scope="module")
+def hub_server(published, hub_env):
+    """One app serving three Hub bundles: two tags of one repo and a private repo."""
+    server = AppServer({**hub_env, "MODEL_REPO": "lab/tiny@v1,lab/tiny@v2,lab/tiny-private@v1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def blue(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("images") / "blue.png")
+    blob_image("blue", 4242).save(path)
+    return path
+
+
+def test_push_prints_the_url_and_the_commit_it_tagged(published, hub, hub_env):
+    from huggingface_hub import HfApi
+
+    out = published["v1_output"]
+    tagged = HfApi(endpoint=hub.url, token=TOKEN).repo_info("lab/tiny", revision="v1").sha
+    assert f"published: {hub.url}/lab/tiny" in out
+    assert f"commit:    {tagged} on main, tagged v1" in out
+    assert "serve it:  MODEL_REPO=lab/tiny@v1 python app.py" in out
+
+
+def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published, hub):
+    from huggingface_hub import HfApi, ModelCard
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    files = set(api.list_repo_files("lab/tiny", revision="v1"))
+    assert {"model.keras", "classes.json", "metadata.json", "README.md"} <= files
+    assert files <= {".gitattributes", "model.keras", "classes.json", "metadata.json", "README.md",
+                     "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"}
+    card = ModelCard.load(api.hf_hub_download("lab/tiny", "README.md", revision="v1"))
+    assert 'snapshot_download("lab/tiny", revision="v1")' in card.text
+
+
+def test_app_serves_the_model_pushed_under_a_tag(hub_server, blue):
+    assert predict(hub_server.url, blue, "tiny") == "blue"
+    assert "serving tiny from lab/tiny@v1" in hub_server.output()
+
+
+def test_older_tag_still_serves_the_old_model_after_a_second_push(hub_server, hub, blue):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    assert api.repo_info("lab/tiny").sha == api.repo_info("lab/tiny", revision="v2").sha  # main moved on
+    assert predict(hub_server.url, blue, "tiny-v2") == "red"  # v2 swapped the outputs
+    assert predict(hub_server.url, blue, "tiny") == "blue"  # v1 still the old model
+
+
+def test_private_repo_is_served_with_the_token(hub_server, blue):
+    assert predict(hub_server.url, blue, "tiny-private") == "blue"
+
+
+def test_private_repo_without_a_token_is_refused_clearly(published, hub_env):
+    code, out = run(["-m", "training.bundle", "lab/tiny-private@v1"], {**hub_env, "HF_TOKEN": ""})
+    assert code != 0
+    assert "model repo lab/tiny-private not found" in out and "set HF_TOKEN" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("lab/no-such-model", "model repo lab/no-such-model not found"),
+    ("lab/tiny@v9", "revision 'v9' not found in lab/tiny"),
+    ("lab/no-metadata", "not a model bundle, missing metadata.json"),
+])
+def test_missing_repo_revision_or_file_gives_a_clear_message(published, hub, hub_env, tiny_bundle,
+                                                             tmp_path, spec, message):
+    if spec == "lab/no-metadata":  # published without the script, which would refuse it
+        from huggingface_hub import HfApi
+
+        folder = copy_bundle(tiny_bundle, tmp_path / "incomplete")
+        os.remove(folder / "metadata.json")
+        api = HfApi(endpoint=hub.url, token=TOKEN)
+        api.create_repo(spec, exist_ok=True)
+        api.upload_folder(repo_id=spec, folder_path=folder, commit_message="no metadata")
+    code, out = run(["-m", "training.bundle", spec], hub_env)
+    assert code != 0
+    assert message in out and "Traceback" not in out
+
+
+def test_tampered_model_on_the_hub_stops_start_up(tiny_bundle, hub, hub_env, tmp_path):
+    from huggingface_hub import HfApi
+
+    push(copy_bundle(tiny_bundle, tmp_path / "b"), "lab/tampered", "--tag", "v1", env=hub_env)
+    model = (tmp_path / "b" / "model.keras").read_bytes()
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(
+        path_or_fileobj=model + b"\0", path_in_repo="model.keras", repo_id="lab/tampered",
+        commit_message="Replace model.keras")
+    code, out = run_app_until_exit({**hub_env, "MODEL_REPO": "lab/tampered"})
+    OUTPUTS.append(out)
+    assert code != 0
+    assert "lab/tampered: sha256 of model.keras does not match metadata.json" in out
+
+
+def test_bundle_with_a_lambda_layer_is_refused_by_safe_mode(tiny_bundle, hub_env, tmp_path):
+    """The hash matches, so only Keras safe mode can catch the Python code in the model."""
+    import keras
+
+    folder = copy_bundle(tiny_bundle, tmp_path / "lambda")
+    size = json.load(open(folder / "metadata.json"))["preprocessing"]["input_size"]
+    inputs = keras.Input(shape=tuple(size))
+    x = keras.layers.Lambda(lambda t: t * 2.0 - 1.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(str(folder / "model.keras"))
+    rehash(folder)
+    push(folder, "lab/lambda", "--tag", "v1", env=hub_env)
+    code, out = run_app_until_exit({**hub_env, "MODEL_REPO": "lab/lambda@v1"})
+    OUTPUTS.append(out)
+    assert code != 0
+    assert "lab/lambda@v1: model.keras refused by Keras safe mode loading" in out
+    assert "Traceback" not in out
+
+
+def test_offline_start_serves_the_cached_snapshot_of_the_same_revision(hub_server, hub_env, blue):
+    # hub_server filled the cache; now the Hub is unreachable (a closed port)
+    offline = {**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    server = AppServer({**offline, "MODEL_REPO": "lab/tiny@v1"})
+    try:
+        assert predict(server.url, blue, "tiny") == "blue"
+        log = server.output()
+    finally:
+        server.stop()
+    OUTPUTS.append(log)
+    assert "cannot be reached" in log and "using the cached snapshot of lab/tiny@v1" in log
+    code, out = run(["-m", "training.bundle", "lab/tiny@v3"], offline)  # a revision never pulled
+    assert code != 0 and "no cached snapshot of revision 'v3'" in out
+
+
+def test_offline_start_without_a_cache_fails_fast_and_clearly(hub_env, tmp_path):
+    env = {**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+           "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "MODEL_REPO": "lab/tiny@v1"}
+    start = time.monotonic()
+    code, out = run_app_until_exit(env)
+    seconds = time.monotonic() - start
+    OUTPUTS.append(out)
+    assert code != 0
+    assert "lab/tiny@v1: the Hub at" in out and "cannot be reached" in out
+    assert "no cached snapshot of revision 'v1'" in out and "Traceback" not in out
+    assert seconds < 60, f"took {seconds:.0f}s to give up"
+
+
+def test_model_card_metadata_is_valid_offline(tiny_bundle):
+    from huggingface_hub import ModelCard
+
+    text = open(os.path.join(tiny_bundle["out"], "README.md"), encoding="utf-8").read()
+    assert card_metadata_errors(text) == []
+    meta = tiny_bundle["meta"]
+    data = ModelCard(text).data
+    assert data.library_name == "keras" and data.pipeline_tag == "image-classification"
+    assert data.license and data.datasets and data.tags and data.metrics == ["accuracy", "f1"]
+    results = {r.metric_type: r for r in data.eval_results}
+    assert results["accuracy"].metric_value == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-4)
+    assert results["f1"].metric_value == pytest.approx(meta["metrics"]["test"]["macro_f1"], abs=1e-4)
+    assert {r.dataset_split for r in data.eval_results} == {meta["split"]["name"]}
+    assert "not for diagnosis" in text.lower()
+    broken = text.replace("  - task:\n      type: image-classification\n", "  - task: {}\n", 1)
+    assert broken != text and card_metadata_errors(broken)  # the check can fail
+
+
+def test_push_stops_when_the_hub_refuses_the_card(tiny_bundle, hub_env, tmp_path):
+    folder = copy_bundle(tiny_bundle, tmp_path / "bad-licence")
+    meta = json.load(open(folder / "metadata.json"))
+    meta["data"]["license"] = "Research Only!"
+    rehash(folder, data=meta["data"])
+    code, out = run(["scripts/push_to_hub.py", str(folder), "--repo-id", "lab/bad-card"], hub_env)
+    assert code != 0
+    assert "the Hub refused the model card's metadata" in out and "license" in out
+
+
+def test_push_without_a_token_says_how_to_log_in(tiny_bundle, hub_env):
+    code, out = run(["scripts/push_to_hub.py", tiny_bundle["out"], "--repo-id", "lab/x"],
+                    {**hub_env, "HF_TOKEN": ""})
+    assert code != 0 and "set HF_TOKEN" in out and "hf auth login" in out
+
+
+def test_the_token_never_appears_in_output_or_files(published, hub_server, hub_env):
+    outputs = OUTPUTS + [hub_server.output()]
+    assert len(outputs) >= 4  # the three pushes and the app at least
+    assert not [o for o in outputs if TOKEN in o]
+    needle = TOKEN.encode()
+    folders = [hub_env["HF_HOME"], *map(str, published["folders"])]
+    leaked = [os.path.join(d, f) for folder in folders for d, _, files in os.walk(folder) for f in files
+              if needle in open(os.path.join(d, f), "rb").read()]
+    assert not leaked
