@@ -6,8 +6,9 @@
 
 What it does, in order, stopping with a clear message at the first problem:
   1. verifies the bundle as the app will (files, schema version, sha256 of model.keras);
-  2. re-renders the model card (README.md) so its "How to use" names this repo and tag,
-     and has the Hub validate the card's YAML metadata;
+  2. re-renders the bundle's model card (BUNDLE_DIR/README.md, rewritten in place from
+     metadata.json) so its "How to use" names this repo and tag, and has the Hub
+     validate the card's YAML metadata (ModelCard.validate);
   3. creates the repo (and the branch given by --revision) if needed;
   4. uploads the bundle's files with HfApi.upload_folder (bundle files that are no longer
      in the folder, e.g. an old figure, are deleted from the repo; other files are kept);
