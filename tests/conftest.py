@@ -32,6 +32,21 @@ def blob_image(colour, seed, size=48):
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
+def he_tile(seed, size=256):
+    """A histology-like test image drawn from scratch (pink stroma, purple nuclei): what the
+    browser test drops on the page and the README screenshot shows. No real slide in it."""
+    rng = np.random.default_rng(seed)
+    a = np.empty((size, size, 3), np.float32)
+    a[:] = (232, 170, 200)
+    a += rng.normal(0, 12, a.shape)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(size // 4):
+        (cy, cx), r = rng.uniform(0, size, 2), rng.uniform(3, 9)
+        nucleus = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        a[nucleus] = np.array((95, 55, 140)) + rng.normal(0, 10, (nucleus.sum(), 3))
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
 def make_dataset(root, per_class=16, layout="folders", duplicates=0):
     """Write a small data set: class folders, or train/valid/test/<class> when layout="split".
     `duplicates` byte-identical copies are added to each class."""
@@ -133,3 +148,22 @@ def default_server():
     server = AppServer({"MODEL_REPO": ""})
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def committed_model_predict():
+    """The committed model called directly, as the app should: image path -> {label id:
+    calibrated probability}. Clients of the running app must give the same answer."""
+    from training.bundle import load
+    from training.evaluate import calibrate
+    from training.preprocess import load_image
+
+    bundle = load(COMMITTED_MODEL)
+
+    def predict(path):
+        x = load_image(path, bundle.input_size)[None]
+        probs = calibrate(np.asarray(bundle.model(x, training=False)), bundle.temperature)[0]
+        return dict(zip(bundle.labels, probs.tolist()))
+
+    predict.bundle = bundle
+    return predict

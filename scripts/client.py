@@ -1,0 +1,80 @@
+"""Classify images with the running app through gradio_client: a local URL or a Space id.
+
+    python scripts/client.py http://127.0.0.1:7860/ tile1.jpeg tile2.png
+    python scripts/client.py owner/space-name scans/*.png --csv predictions.csv
+    python scripts/client.py http://127.0.0.1:7860/ tile.jpeg --model lc25000
+
+Prints one tab-separated line per image: file name, label, confidence of that label. An
+image the app refuses (not an image, too large) prints its message on stderr, the other
+images go on, and the exit code is 1. Set HF_TOKEN to call a private Space.
+
+For research and education only, not for diagnosis.
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+
+def top(result):
+    """A gr.Label value -> (label, its confidence)."""
+    label = result["label"]
+    confidence = next(c["confidence"] for c in result["confidences"] if c["label"] == label)
+    return label, confidence
+
+
+def classify(client, paths, model=None):
+    """Yield (file name, label, confidence, error) for each image; error is None on success."""
+    extra = {"model": model} if model else {}
+    for path in paths:
+        name = os.path.basename(path)
+        if not os.path.isfile(path):
+            yield name, None, None, f"no such file: {path}"
+            continue
+        try:
+            result = client.predict(image=handle_file(path), api_name="/predict", **extra)
+        except AppError as e:  # a gr.Error raised by the app: its message is for the user
+            yield name, None, None, str(e)
+            continue
+        yield (name, *top(result), None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Classify lung images with the app (local URL or Hugging Face Space id) "
+                    "through gradio_client. Research and education only, not for diagnosis.")
+    parser.add_argument("src", metavar="URL_OR_SPACE_ID",
+                        help="the app, e.g. http://127.0.0.1:7860/ or owner/space-name")
+    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
+    parser.add_argument("--csv", metavar="FILE", help="also write file,label,confidence,error rows here")
+    parser.add_argument("--model", metavar="NAME",
+                        help="which served model to use (default: the app's first model)")
+    args = parser.parse_args(argv)
+
+    try:
+        client = Client(args.src, token=os.environ.get("HF_TOKEN"), verbose=False,
+                        analytics_enabled=False)
+    except Exception as e:  # unreachable URL, unknown or private Space, not a Gradio app
+        print(f"error: cannot connect to {args.src}: {e}", file=sys.stderr)
+        return 2
+    rows = []
+    for name, label, confidence, error in classify(client, args.images, args.model):
+        rows.append((name, label, confidence, error))
+        if error:
+            print(f"{name}: {error}", file=sys.stderr)
+        else:
+            print(f"{name}\t{label}\t{confidence:.4f}", flush=True)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "label", "confidence", "error"])
+            writer.writerows(("" if v is None else v for v in row) for row in rows)
+    return 1 if any(row[3] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
