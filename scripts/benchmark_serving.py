@@ -1,0 +1,342 @@
+"""Measure how fast the app serves, next to its floor and the seed projects' anchor.
+
+    python scripts/benchmark_serving.py                 # the full run: about 4 minutes
+    python scripts/benchmark_serving.py --quick         # a smoke run: seconds, figures meaningless
+    CONCURRENCY_LIMIT=1 python scripts/benchmark_serving.py --apps ours,floor
+
+Each app is started as a user starts it (`python app.py`, a fresh process per run) and
+called through `gradio_client`, uploading a 224 x 224 JPEG (the size of LC25000 tiles):
+
+    cold start   process start -> first prediction answered
+    p50 / p95    one client, requests one after another
+    16 clients   throughput (requests/s) and p95 latency with 16 clients at once
+    peak memory  the server's peak resident memory (VmHWM)
+
+The apps:
+
+    ours     the bundle named by --model (default: the committed models/lc25000)
+    anchor   the seed projects' network (training.model.seed) at 256 x 256 with random
+             weights, written as a bundle in a temp folder and served by the same app.py
+    floor    a no-op Gradio app with the same components, queue settings and protocol,
+             answering a constant gr.Label value (this script with --serve-floor)
+
+plus the bare forward pass (the compiled function app.py calls, batch of 1) of ours and the
+anchor. The floor for our latency is floor p50 + our bare forward pass. Figures are
+medians with min-max over --runs runs. The server settings (CONCURRENCY_LIMIT, QUEUE_SIZE
+...) come from this script's environment, as for app.py. Clients and server share this
+machine's cores, so note the load (printed) and compare figures from one run only.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def serve_floor():
+    """The no-op app: app.py's components, queue and launch settings, no model."""
+    import gradio as gr
+
+    import app
+
+    def predict(image, model=None):
+        return {"Benign lung tissue (lung_n)": 0.8, "Adenocarcinoma (lung) (lung_aca)": 0.1,
+                "Squamous cell carcinoma (lung) (lung_scc)": 0.1}
+
+    with gr.Blocks(delete_cache=(app.UPLOAD_TTL, app.UPLOAD_TTL)) as demo:
+        gr.Markdown("# floor")
+        image = gr.Image(type="filepath", sources=["upload", "clipboard"], height=320)
+        model = gr.Dropdown(["floor"], value="floor", visible=False)
+        button = gr.Button("Classify")
+        label = gr.Label(num_top_classes=5)
+        gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=label,
+              api_name="predict", preprocess=False)
+    demo.queue(default_concurrency_limit=app.CONCURRENCY_LIMIT, max_size=app.QUEUE_SIZE)
+    demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False)
+
+
+def write_anchor_bundle(folder, template, size):
+    """The seed architecture with random weights as a bundle, metadata copied from `template`
+    (a real bundle) with the model, input size and metrics replaced."""
+    import keras
+
+    from training.bundle import sha256, write_json
+    from training.model import seed
+    from training.preprocess import spec
+
+    classes = json.load(open(os.path.join(template, "classes.json")))
+    meta = json.load(open(os.path.join(template, "metadata.json")))
+    os.makedirs(folder, exist_ok=True)
+    model = seed(size, len(classes["labels"]))
+    path = os.path.join(folder, "model.keras")
+    model.save(path)
+    meta.update(name="anchor", description="seed architecture, random weights: a speed anchor only",
+                preprocessing=spec(size))
+    meta["model"] = {"architecture": "seed", "width": 0, "parameters": int(model.count_params()),
+                     "file": "model.keras", "sha256": sha256(path), "bytes": os.path.getsize(path)}
+    meta["metrics"]["test"].update(accuracy=0.0, macro_f1=0.0)
+    meta.pop("calibration", None)
+    write_json(os.path.join(folder, "metadata.json"), meta)
+    write_json(os.path.join(folder, "classes.json"), classes)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write("Speed anchor for scripts/benchmark_serving.py: random weights, no use.\n")
+    keras.backend.clear_session()
+    return folder
+
+
+def test_image(path, side=224):
+    """A tissue-like JPEG: smooth colour noise, about the size of an LC25000 tile file."""
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    a = cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), np.uint8), (0, 0), 2)
+    a = np.clip(a.astype(np.float32) * [1.0, 0.6, 1.0] + [40, 0, 60], 0, 255).astype(np.uint8)
+    Image.fromarray(a).save(path, quality=90)
+    return path
+
+
+class Server:
+    """A server process on a free port, timed from its start."""
+
+    def __init__(self, cmd, env):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = tempfile.TemporaryFile("w+")
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={
+            **os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(self.port)})
+
+    def first_answer(self, image, timeout=180):
+        """Seconds from process start to the first answered prediction."""
+        from gradio_client import Client, handle_file
+
+        while time.perf_counter() - self.t0 < timeout:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise SystemExit(f"server exited:\n{self.log.read()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        Client(self.url, verbose=False).predict(handle_file(image), api_name="/predict")
+        return time.perf_counter() - self.t0
+
+    def cpu_seconds(self):
+        """User + system CPU time the server process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory_mb(self, field="VmRSS"):
+        """The server's resident memory now (VmRSS) or at its peak (VmHWM), in MB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def latencies(url, image, n):
+    """n sequential predictions from one client -> seconds each."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    client.predict(handle_file(image), api_name="/predict")
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.predict(handle_file(image), api_name="/predict")
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def http_predict(http, url, data):
+    """One prediction through Gradio's HTTP API, as curl users make it: upload the file,
+    call /predict, read the event stream. The same queue and route as gradio_client, at a
+    fraction of its client-side CPU, so that 16 clients measure the server, not themselves."""
+    path = http.post(url + "gradio_api/upload", files={"files": ("tile.jpg", data, "image/jpeg")}).json()[0]
+    body = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, None]}
+    event = http.post(url + "gradio_api/call/predict", json=body).json()["event_id"]
+    stream = http.get(url + "gradio_api/call/predict/" + event).text
+    if "event: complete" not in stream:
+        raise RuntimeError(stream[-300:])
+
+
+def concurrent(url, image, clients, per_client):
+    """`clients` threads, each its own HTTP connection, `per_client` predictions each ->
+    (requests per second, latencies)."""
+    import httpx
+
+    data = open(image, "rb").read()
+    https = [httpx.Client(timeout=120) for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+    lat, errors = [], []
+
+    def user(http):
+        barrier.wait()
+        for _ in range(per_client):
+            t = time.perf_counter()
+            try:
+                http_predict(http, url, data)
+                lat.append(time.perf_counter() - t)
+            except Exception as e:
+                errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=user, args=(h,), daemon=True) for h in https]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for h in https:
+        h.close()
+    if errors:
+        print(f"  {len(errors)} requests failed, e.g. {errors[0]}")
+    return len(lat) / wall, lat
+
+
+def forward_ms(bundle_folder, n):
+    """p50 of the bare compiled forward pass, batch of 1, as app.py calls it."""
+    import app
+    from training.bundle import load
+
+    served = app.Served(load(bundle_folder))
+    x = np.random.default_rng(0).uniform(0, 255, (1, served.size, served.size, 3)).astype(np.float32)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        served.forward(x).numpy()
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def measure(name, cmd, env, image, args):
+    server = Server(cmd, env)
+    try:
+        row = {"cold_start_s": server.first_answer(image)}
+        lat = latencies(server.url, image, args.requests)
+        row["p50_ms"] = 1000 * np.percentile(lat, 50)
+        row["p95_ms"] = 1000 * np.percentile(lat, 95)
+        cpu0 = server.cpu_seconds()
+        rps, lat16 = concurrent(server.url, image, args.clients, args.per_client)
+        row["server_cpu_ms"] = 1000 * (server.cpu_seconds() - cpu0) / len(lat16)
+        row["rps"] = rps
+        row["p95_concurrent_ms"] = 1000 * np.percentile(lat16, 95)
+        row["peak_mb"] = server.memory_mb("VmHWM")
+    finally:
+        server.stop()
+    print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+    return row
+
+
+def fmt(values, digits=0):
+    """median (min-max) of a list of numbers."""
+    med = float(np.median(values))
+    if len(values) == 1:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.path.join(ROOT, "models", "lc25000"), help="bundle folder to serve as 'ours'")
+    p.add_argument("--apps", default="ours,anchor,floor", help="which apps to run (default: all three)")
+    p.add_argument("--app", default="app.py", help="the app script serving ours and the anchor (default app.py)")
+    p.add_argument("--runs", type=int, default=3, help="fresh server processes per app (default 3)")
+    p.add_argument("--requests", type=int, default=40, help="sequential requests per run (default 40)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    p.add_argument("--per-client", type=int, default=8, help="requests per concurrent client (default 8)")
+    p.add_argument("--anchor-size", type=int, default=256, help="anchor input side (default 256)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 run, few requests, small anchor")
+    p.add_argument("--json", help="also write the raw figures to this file")
+    p.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_floor:
+        return serve_floor()
+    if args.quick:
+        args.runs, args.requests, args.clients, args.per_client, args.anchor_size = 1, 3, 4, 2, 64
+    apps = args.apps.split(",")
+
+    work = tempfile.mkdtemp(prefix="bench-serving-")
+    try:
+        image = test_image(os.path.join(work, "tile.jpg"))
+        load0 = os.getloadavg()
+        print(f"{os.cpu_count()} cores, load average {load0[0]:.2f} at start", flush=True)
+        bundles = {"ours": args.model}
+        if "anchor" in apps:
+            bundles["anchor"] = write_anchor_bundle(os.path.join(work, "anchor"), args.model, args.anchor_size)
+        cmds = {"ours": ([sys.executable, args.app], {"MODEL_REPO": bundles["ours"]}),
+                "anchor": ([sys.executable, args.app], {"MODEL_REPO": bundles.get("anchor", "")}),
+                "floor": ([sys.executable, os.path.abspath(__file__), "--serve-floor"], {})}
+        rows = {a: [] for a in apps}
+        for run in range(args.runs):
+            print(f"run {run + 1}/{args.runs}", flush=True)
+            for a in apps:
+                rows[a].append(measure(a, *cmds[a], image, args))
+        forward = {a: forward_ms(bundles[a], 20 if args.quick else 200) for a in ("ours", "anchor") if a in bundles}
+        sizes = {a: os.path.getsize(os.path.join(f, "model.keras")) / 1e6 for a, f in bundles.items()}
+        load1 = os.getloadavg()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def col(a, key):
+        return [r[key] for r in rows[a]]
+
+    print(f"\nload average {load1[0]:.2f} at the end; medians (min-max) over {args.runs} run(s); "
+          f"{args.clients} clients x {args.per_client} requests; CONCURRENCY_LIMIT="
+          f"{os.environ.get('CONCURRENCY_LIMIT', 'default')}\n")
+    print(f"| app | cold start s | p50 ms | p95 ms | req/s, {args.clients} clients | p95 ms, {args.clients} "
+          "clients | server CPU ms/req | peak MB | model MB | forward ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for a in apps:
+        print(f"| {a} | {fmt(col(a, 'cold_start_s'), 1)} | {fmt(col(a, 'p50_ms'))} | {fmt(col(a, 'p95_ms'))} | "
+              f"{fmt(col(a, 'rps'), 1)} | {fmt(col(a, 'p95_concurrent_ms'))} | {fmt(col(a, 'server_cpu_ms'), 1)} | "
+              f"{fmt(col(a, 'peak_mb'))} | {sizes.get(a, 0):.1f} | {forward.get(a, 0):.1f} |")
+    summary = {}
+    if "ours" in apps and "floor" in apps:
+        floor = np.median(col("floor", "p50_ms")) + forward["ours"]
+        summary["p50 / floor"] = np.median(col("ours", "p50_ms")) / floor
+        print(f"\nfloor = no-op app p50 + bare forward pass = {floor:.1f} ms; "
+              f"ours p50 / floor = {summary['p50 / floor']:.2f} (target <= 1.2)")
+    if "ours" in apps and "anchor" in apps:
+        summary["throughput / anchor"] = np.median(col("ours", "rps")) / np.median(col("anchor", "rps"))
+        summary["anchor file / ours"] = sizes["anchor"] / sizes["ours"]
+        print(f"throughput ours / anchor = {summary['throughput / anchor']:.2f} (target >= 3); "
+              f"model file anchor / ours = {summary['anchor file / ours']:.0f} (target >= 20)")
+    if "ours" in apps:
+        print(f"cold start ours = {np.median(col('ours', 'cold_start_s')):.1f} s (target < 10)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "load": [load0, load1], "runs": rows, "forward_ms": forward,
+                       "model_mb": sizes, "summary": summary}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

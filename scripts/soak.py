@@ -1,0 +1,128 @@
+"""Soak the app: thousands of requests, the server's memory and upload folder before and after.
+
+    python scripts/soak.py                               # 3,000 requests: a few minutes
+    python scripts/soak.py --requests 60 --warmup 10     # the short version the tests run
+
+Starts `python app.py` (MODEL_REPO=--model) with its own upload folder (GRADIO_TEMP_DIR)
+and a short UPLOAD_TTL, warms it up, reads the server's resident memory, then sends
+--requests predictions from --clients clients through Gradio's HTTP API: every image a
+different one, and one request in ten a file that is not an image (which must be refused
+with its message). Then it reads the memory again, waits for the upload clean-up, and
+counts the files left in the upload folder.
+
+Exits with 1 if a good image failed, a bad file was not refused, memory grew by more than
+--max-growth-mb after the warm-up, or uploads were not cleaned up.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_serving import ROOT, Server, http_predict, test_image  # noqa: E402
+
+NOT_AN_IMAGE = b"these are notes, not an image\n" * 10
+
+
+def jpeg(seed, side=224):
+    """A different tissue-like JPEG for every seed."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    a = cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), np.uint8), (0, 0), 2)
+    return cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def files_in(folder):
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def send(url, n, clients, offset=0):
+    """n requests over `clients` threads -> counts of answers, refusals and failures."""
+    import httpx
+
+    counts = {"answered": 0, "refused_bad_file": 0, "failed": 0}
+    lock, todo = threading.Lock(), iter(range(offset, offset + n))
+    examples = []
+
+    def user():
+        with httpx.Client(timeout=120) as http:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                bad = i % 10 == 9
+                try:
+                    http_predict(http, url, NOT_AN_IMAGE if bad else jpeg(i))
+                    kind = "failed" if bad else "answered"
+                except Exception as e:
+                    kind = "refused_bad_file" if bad and "not an image" in str(e) else "failed"
+                    if kind == "failed":
+                        examples.append(str(e)[-200:])
+                with lock:
+                    counts[kind] += 1
+
+    threads = [threading.Thread(target=user, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if examples:
+        print(f"  e.g. failure: {examples[0]}")
+    return counts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.path.join(ROOT, "models", "lc25000"), help="bundle to serve")
+    p.add_argument("--requests", type=int, default=3000, help="requests after the warm-up (default 3000)")
+    p.add_argument("--warmup", type=int, default=200, help="requests before the first reading (default 200)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    p.add_argument("--upload-ttl", type=int, default=5, help="the server's UPLOAD_TTL in seconds (default 5)")
+    p.add_argument("--max-growth-mb", type=float, default=50, help="fail above this growth (default 50)")
+    args = p.parse_args(argv)
+
+    uploads = tempfile.mkdtemp(prefix="soak-uploads-")
+    server = Server([sys.executable, "app.py"], {"MODEL_REPO": args.model, "GRADIO_TEMP_DIR": uploads,
+                                                 "UPLOAD_TTL": str(args.upload_ttl)})
+    try:
+        server.first_answer(test_image(os.path.join(uploads, "first.jpg")))
+        warm = send(server.url, args.warmup, args.clients, offset=10**6)
+        before = server.memory_mb()
+        t0 = time.perf_counter()
+        counts = send(server.url, args.requests, args.clients)
+        seconds = time.perf_counter() - t0
+        after = server.memory_mb()
+        time.sleep(2 * args.upload_ttl + 1)  # one clean-up pass after the last upload ages out
+        left = files_in(uploads) - 1  # first.jpg, this script's own
+        peak = server.memory_mb("VmHWM")
+    finally:
+        server.stop()
+    growth = after - before
+    print(f"warm-up: {warm}")
+    print(f"{args.requests} requests in {seconds:.0f} s ({args.requests / seconds:.1f}/s), "
+          f"{args.clients} clients: {counts}")
+    print(f"server memory (RSS): {before:.0f} MB after warm-up, {after:.0f} MB after the soak, "
+          f"growth {growth:+.1f} MB ({1000 * growth / args.requests:+.2f} MB per 1,000 requests); peak {peak:.0f} MB")
+    print(f"uploaded files left on disk after clean-up: {left} "
+          f"(of {args.warmup + args.requests + 1} uploaded)")
+    problems = []
+    if counts["failed"] or warm["failed"]:
+        problems.append(f"{counts['failed'] + warm['failed']} requests failed")
+    if growth > args.max_growth_mb:
+        problems.append(f"memory grew by {growth:.0f} MB > {args.max_growth_mb:.0f} MB")
+    if left > args.clients * 2:
+        problems.append(f"{left} uploads were not cleaned up")
+    for problem in problems:
+        print("FAIL:", problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
