@@ -1,10 +1,14 @@
 """Evaluate a model bundle on a folder of labelled images.
 
-    python -m training.evaluate --model models/lc25000 --data DIR [--out DIR]
+    python -m training.evaluate --model models/lc25000 --data DIR [--out DIR] [--tta]
 
 Prints scikit-learn's classification report and writes metrics.json and a
 confusion-matrix figure to --out. The images go through the same preprocessing as in
 training and in the app. Class folders must use the bundle's label names.
+
+--tta adds test-time augmentation: the model's probabilities over the bundle's views
+(flips and quarter turns for tissue, left-right mirror for CT) are averaged, and the
+report gives the figures with and without it.
 """
 
 import argparse
@@ -42,9 +46,48 @@ def expected_calibration_error(probs, y, bins=10):
     return float(ece)
 
 
-def predict(model, x, batch_size=64):
+# Test-time augmentation views of a batch (N, H, W, C) of square images.
+VIEWS = {
+    "identity": lambda a: a,
+    "flip_lr": lambda a: a[:, :, ::-1],
+    "flip_ud": lambda a: a[:, ::-1],
+    "rot90": lambda a: np.rot90(a, 1, axes=(1, 2)),
+    "rot180": lambda a: np.rot90(a, 2, axes=(1, 2)),
+    "rot270": lambda a: np.rot90(a, 3, axes=(1, 2)),
+    "transpose": lambda a: a.transpose(0, 2, 1, 3),
+    "transverse": lambda a: np.rot90(a, 2, axes=(1, 2)).transpose(0, 2, 1, 3),
+}
+
+
+def tta_views(x, views):
+    """The batch x under each named view, stacked view after view: (len(views) * N, ...)."""
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown test-time augmentation views {unknown}; known: {list(VIEWS)}")
+    return np.concatenate([np.ascontiguousarray(VIEWS[v](x)) for v in views])
+
+
+def tta_mean(probs, n_views):
+    """Average the probabilities of tta_views' stacked output back to one row per image."""
+    return probs.reshape(n_views, -1, probs.shape[-1]).mean(axis=0)
+
+
+def predict(model, x, batch_size=64, views=None):
+    """Softmax outputs of model on x; with `views`, averaged over those TTA views."""
+    if views:
+        return np.concatenate([tta_mean(predict(model, tta_views(x[i:i + batch_size], views),
+                                                batch_size * len(views)), len(views))
+                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
     return np.concatenate([np.asarray(model(x[i:i + batch_size].astype(np.float32), training=False))
                            for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
+
+
+def bundle_tta(metadata):
+    """(views, temperature) for test-time augmentation with a bundle: its own views and the
+    temperature fitted for them, else a left-right mirror and its plain temperature."""
+    tta = metadata.get("tta") or {}
+    plain = metadata.get("calibration", {}).get("temperature", 1.0)
+    return tta.get("views") or ["identity", "flip_lr"], float(tta.get("temperature") or plain)
 
 
 def metrics(probs, y, labels):
@@ -70,6 +113,8 @@ def main():
     p.add_argument("--model", required=True, help="bundle folder or Hub repo id[@revision]")
     p.add_argument("--data", required=True, help="folder of labelled images (class folders)")
     p.add_argument("--out", help="write metrics.json and confusion_matrix.png here")
+    p.add_argument("--tta", action="store_true",
+                   help="also measure test-time augmentation (the bundle's views, averaged)")
     args = p.parse_args()
 
     from training import plots
@@ -95,6 +140,12 @@ def main():
     m = metrics(probs, y, b.labels)
     print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
           f"on {len(y)} images")
+    if args.tta:
+        views, t = bundle_tta(b.metadata)
+        probs = calibrate(predict(b.model, x, views=views), t)
+        m["tta"] = metrics(probs, y, b.labels) | {"views": views}
+        print(f"with TTA ({len(views)} views): accuracy {m['tta']['accuracy']:.4f}  "
+              f"macro-F1 {m['tta']['macro_f1']:.4f}  ECE {m['tta']['ece']:.4f}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "metrics.json"), "w") as f:

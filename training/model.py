@@ -1,45 +1,111 @@
 """The networks, built with plain Keras 3 layers (no Lambda, so bundles load in safe mode).
 
-    compact  the default: four conv stages with batch norm, global average pooling,
-             dropout and a softmax head; about 0.3M parameters, a ~1 MB file
-    seed     the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
-             the speed and size anchor for scripts/benchmark_serving.py
+    compact    the default: four conv stages with batch norm, global average pooling,
+               dropout and a softmax head (width 32: about 1.2M parameters, a ~5 MB file)
+    resnet     a small residual CNN: a stride-2 stem, then four stages of two basic
+               residual blocks (width 16: about 0.7M parameters, a ~3 MB file)
+    mobilenet  keras.applications.MobileNetV3Small (alpha 1.0, weights=None unless
+               --weights) with a pooled softmax head (about 0.9M parameters, ~4 MB)
+    seed       the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
+               the speed and size anchor for scripts/benchmark_serving.py
 
 Inputs are float32 images with values 0..255 (see training.preprocess); the model scales
-them itself.
+them itself. With colour_mode="grey" a fixed (non-trainable) 1x1 convolution first turns
+the image into its luminance, repeated on three channels, so colour cannot matter.
+
+Weights (`build(..., weights=...)`): None trains from scratch; "imagenet" downloads the
+ImageNet weights of the mobilenet backbone (needs internet; fails at once with a clear
+message otherwise); a path loads a Keras weights file: for mobilenet the backbone's
+(as keras.applications saves it, without its top), for the others the whole network's
+(same architecture, width, input size and classes, e.g. from an earlier run).
 """
 
+import os
+import socket
+
 import keras
+import numpy as np
 from keras import layers
 
-ARCHITECTURES = ("compact", "seed")
+ARCHITECTURES = ("compact", "resnet", "mobilenet", "seed")
+DEFAULT_WIDTH = {"compact": 32, "resnet": 16}  # --width when neither it nor a preset sets one
+PRETRAINABLE = ("mobilenet",)  # the ones keras.applications has ImageNet weights for
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
 
-def _conv_bn(x, filters, kernel=3, strides=1):
+def _inputs(input_size, colour_mode):
+    """Image input, plus the fixed luminance layer for grey images."""
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = inputs
+    if colour_mode == "grey":
+        grey = layers.Conv2D(3, 1, use_bias=False, trainable=False, name="grey")
+        x = grey(x)
+        grey.set_weights([np.repeat(np.array(LUMA, np.float32)[:, None], 3, axis=1)[None, None]])
+    elif colour_mode != "rgb":
+        raise SystemExit(f"Unknown colour mode {colour_mode!r}; use rgb or grey")
+    return inputs, x
+
+
+def _conv_bn(x, filters, kernel=3, strides=1, relu=True):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=0.9)(x)  # small data sets: few steps per epoch
-    return layers.ReLU()(x)
+    return layers.ReLU()(x) if relu else x
 
 
-def compact(input_size, n_classes, width=32, dropout=0.3):
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = layers.Rescaling(1 / 255.0)(inputs)
+def _head(x, n_classes, dropout):
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    return layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+
+
+def compact(input_size, n_classes, width=32, dropout=0.3, colour_mode="rgb"):
+    inputs, x = _inputs(input_size, colour_mode)
+    x = layers.Rescaling(1 / 255.0)(x)
     x = _conv_bn(x, width, strides=2)
     for i, mult in enumerate((1, 2, 4, 8)):
         x = _conv_bn(x, width * mult)
         x = _conv_bn(x, width * mult)
         if i < 3:
             x = layers.MaxPooling2D()(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="compact")
+    return keras.Model(inputs, _head(x, n_classes, dropout), name="compact")
 
 
-def seed(input_size, n_classes):
+def _residual_block(x, filters, strides):
+    shortcut = x
+    y = _conv_bn(x, filters, strides=strides)
+    y = _conv_bn(y, filters, relu=False)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, kernel=1, strides=strides, relu=False)
+    return layers.ReLU()(layers.Add()([shortcut, y]))
+
+
+def resnet(input_size, n_classes, width=16, dropout=0.3, colour_mode="rgb"):
+    """A ResNet-18-like network at a fraction of its width (two blocks per stage)."""
+    inputs, x = _inputs(input_size, colour_mode)
+    x = layers.Rescaling(1 / 255.0)(x)
+    x = _conv_bn(x, width, strides=2)
+    for i, mult in enumerate((1, 2, 4, 8)):
+        x = _residual_block(x, width * mult, strides=1 if i == 0 else 2)
+        x = _residual_block(x, width * mult, strides=1)
+    return keras.Model(inputs, _head(x, n_classes, dropout), name="resnet")
+
+
+def mobilenet(input_size, n_classes, dropout=0.2, colour_mode="rgb", weights=None):
+    """MobileNetV3Small from keras.applications (it scales 0..255 inputs itself)."""
+    inputs, x = _inputs(input_size, colour_mode)
+    base = keras.applications.MobileNetV3Small(
+        input_shape=(input_size, input_size, 3), include_top=False, weights=weights,
+        include_preprocessing=True)
+    for layer in base.layers:  # few steps per epoch: moving statistics must catch up quickly
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.9
+    return keras.Model(inputs, _head(base(x), n_classes, dropout), name="mobilenet")
+
+
+def seed(input_size, n_classes, colour_mode="rgb"):
     """The anchor: the seed projects' Conv 32-5x5/64/128 + Flatten + Dense design."""
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = layers.Rescaling(1 / 255.0)(inputs)
+    inputs, x = _inputs(input_size, colour_mode)
+    x = layers.Rescaling(1 / 255.0)(x)
     for filters, k in ((32, 5), (64, 3), (128, 3)):
         x = layers.Conv2D(filters, k, activation="relu", padding="same")(x)
         x = layers.MaxPooling2D()(x)
@@ -53,9 +119,52 @@ def seed(input_size, n_classes):
     return keras.Model(inputs, outputs, name="seed")
 
 
-def build(name, input_size, n_classes, width=32):
+def _imagenet_backbone(input_size, n_classes, colour_mode, download_timeout=20):
+    """mobilenet with ImageNet weights, or a SystemExit that says why and what to do."""
+    socket.setdefaulttimeout(download_timeout)  # keras' download has none of its own
+    try:
+        return mobilenet(input_size, n_classes, colour_mode=colour_mode, weights="imagenet")
+    except Exception as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise SystemExit(
+            f"Cannot get the ImageNet weights for mobilenet ({reason}). This needs internet "
+            "access to storage.googleapis.com. Download the no-top MobileNetV3Small weights file "
+            "on a machine that has it (keras.applications.MobileNetV3Small(include_top=False, "
+            "weights='imagenet') saves it under ~/.keras/models/) and pass its path as --weights, "
+            "or train from scratch (leave out --weights).") from None
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None):
+    """The named network; `weights`: None, "imagenet" or a weights file (see the top)."""
+    if name not in ARCHITECTURES:
+        raise SystemExit(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    if weights and name not in PRETRAINABLE and weights == "imagenet":
+        raise SystemExit(f"ImageNet weights exist only for {', '.join(PRETRAINABLE)}, not {name}; "
+                         "use --arch mobilenet or leave out --weights")
+    if weights and weights != "imagenet" and not os.path.isfile(weights):
+        raise SystemExit(f"--weights {weights}: no such file (give a Keras .weights.h5/.h5 file, "
+                         "or 'imagenet')")
+    if name == "mobilenet":
+        if weights == "imagenet":
+            return _imagenet_backbone(input_size, n_classes, colour_mode)
+        try:
+            return mobilenet(input_size, n_classes, colour_mode=colour_mode, weights=weights)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"--weights {weights}: not the weights of a no-top MobileNetV3Small "
+                             f"backbone ({str(e).splitlines()[0][:200]})") from None
     if name == "compact":
-        return compact(input_size, n_classes, width=width)
-    if name == "seed":
-        return seed(input_size, n_classes)
-    raise SystemExit(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+        model = compact(input_size, n_classes, width=width, colour_mode=colour_mode)
+    elif name == "resnet":
+        model = resnet(input_size, n_classes, width=width, colour_mode=colour_mode)
+    else:
+        model = seed(input_size, n_classes, colour_mode=colour_mode)
+    if weights:
+        try:
+            model.load_weights(weights)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"--weights {weights}: does not fit a {name} network of width {width}, "
+                             f"input {input_size} and {n_classes} classes "
+                             f"({str(e).splitlines()[0][:200]})") from None
+    return model

@@ -7,6 +7,11 @@ sides), decode every image with the one preprocessing path, train a compact Kera
 (augmentation, class weights, early stopping, LR schedule, best-checkpoint restore),
 calibrate on the validation split, evaluate on the held-out test groups, and write the
 bundle: model.keras, classes.json, metadata.json, README.md (model card), figures/.
+
+--preset lc25000|iq-othnccd|chest-ct picks what suits that data set (network, input size,
+colour handling, augmentation, class names, citation; see training/presets.py); --arch,
+--width and --image-size override it. --weights starts from ImageNet or a weights file,
+--tta also measures test-time augmentation, --mlflow logs the run (training/tracking.py).
 """
 
 import argparse
@@ -21,7 +26,8 @@ from collections import Counter
 
 import numpy as np
 
-from training import audit, presets
+from training import audit, presets, tracking
+from training.model import ARCHITECTURES, DEFAULT_WIDTH
 from training.preprocess import spec as preprocess_spec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,8 +39,17 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="bundle folder to write (created; files replaced)")
     p.add_argument("--preset", choices=sorted(presets.PRESETS), help="data-set preset: modality, citation, defaults")
     p.add_argument("--name", help="model name shown in the app and card (default: the --out folder name)")
-    p.add_argument("--arch", default="compact", help="network: compact (default) or seed (the old anchor)")
-    p.add_argument("--width", type=int, default=32, help="channels of the first stage (default 32)")
+    p.add_argument("--arch", choices=ARCHITECTURES,
+                   help="network (default: the preset's, else compact); see training/model.py")
+    p.add_argument("--width", type=int, help="channels of the first stage of compact/resnet "
+                   "(default: the preset's, else 32 for compact and 16 for resnet)")
+    p.add_argument("--weights", help="start from 'imagenet' (mobilenet only; needs internet) or a Keras "
+                   "weights file: a no-top MobileNetV3Small backbone's, or a whole network's")
+    p.add_argument("--tta", action="store_true",
+                   help="also measure test-time augmentation on the held-out split (the preset's views)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log params, per-epoch metrics and the bundle to MLflow (./mlruns/ unless "
+                   "MLFLOW_TRACKING_URI is set, which also turns this on)")
     p.add_argument("--image-size", type=int, help="input side in pixels (default: preset's, else 128)")
     p.add_argument("--epochs", type=int, default=40, help="most epochs; early stopping ends sooner (default 40)")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
@@ -47,28 +62,6 @@ def parse_args(argv=None):
                    help="drop images whose identical copies carry another label, instead of stopping")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
     return p.parse_args(argv)
-
-
-def augmenter(modality, seed):
-    """tf.data augmentation: flips and 90-degree turns plus light colour jitter for tissue;
-    horizontal flips and light brightness/contrast for CT slices."""
-    import tensorflow as tf
-
-    tissue = modality == "histopathology"
-
-    def aug(x, y):
-        x = tf.cast(x, tf.float32)
-        x = tf.image.random_flip_left_right(x)
-        if tissue:
-            x = tf.image.random_flip_up_down(x)
-            x = tf.image.rot90(x, tf.random.uniform([], 0, 4, dtype=tf.int32))
-            x = tf.image.random_hue(x / 255.0, 0.03) * 255.0
-            x = tf.image.random_saturation(x, 0.85, 1.15)
-        x = tf.image.random_brightness(x, 0.08 * 255.0)
-        x = tf.image.random_contrast(x, 0.85, 1.15)
-        return tf.clip_by_value(x, 0.0, 255.0), y
-
-    return aug
 
 
 def train(args):
@@ -87,6 +80,8 @@ def train(args):
     keras.utils.set_random_seed(args.seed)
     pre = presets.preset(args.preset)
     size = args.image_size or pre["image_size"]
+    arch = args.arch or pre["arch"]
+    width = args.width or (pre["width"] if arch == pre["arch"] else DEFAULT_WIDTH.get(arch, 32))
     name = args.name or os.path.basename(os.path.normpath(args.out))
 
     items = scan(args.data)
@@ -117,6 +112,8 @@ def train(args):
     labels = sorted({it.label for it in kept})
     if len(labels) < 2:
         raise SystemExit(f"Need at least two classes, found {labels}")
+    if pre["classes"] and labels != pre["classes"]:
+        print(f"note: preset {args.preset} expects classes {pre['classes']}, found {labels}")
     y = np.array([labels.index(it.label) for it in kept])
     groups = [group[it.path] for it in kept]
     split = np.array(split_by_group(y, groups, args.val_fraction, args.test_fraction, args.seed))
@@ -132,11 +129,12 @@ def train(args):
     steps = int(np.ceil(tr.sum() / args.batch_size))
     train_ds = (tf.data.Dataset.from_tensor_slices((x[tr], y[tr]))
                 .shuffle(int(tr.sum()), seed=args.seed, reshuffle_each_iteration=True)
-                .map(augmenter(pre["modality"], args.seed), num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+                .batch(args.batch_size)
+                .map(presets.augmenter(pre["augmentation"], args.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
     val_ds = tf.data.Dataset.from_tensor_slices((x[va].astype(np.float32), y[va])).batch(64)
 
-    model = build(args.arch, size, len(labels), width=args.width)
+    model = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"], weights=args.weights)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps * args.epochs, warmup_target=args.lr, warmup_steps=steps * 2, alpha=0.02)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
@@ -147,6 +145,14 @@ def train(args):
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
     ]
+    run = None
+    if tracking.wanted(args.mlflow):
+        run = tracking.Run(name, {k: v for k, v in vars(args).items() if k != "argv"}
+                           | {"arch": arch, "width": width, "image_size": size,
+                              "colour_mode": pre["colour_mode"], "modality": pre["modality"],
+                              "train_images": int(tr.sum()), "val_images": int(va.sum()),
+                              "test_images": int(te.sum())})
+        callbacks.append(run.callback())
     hist = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks,
                      class_weight=dict(enumerate(cw)), verbose=args.verbose,
                      shuffle=False)  # train_ds shuffles itself, each epoch
@@ -161,6 +167,14 @@ def train(args):
     val = metrics(calibrate(predict(model, x[va]), temperature), y[va], labels) if va.any() else {}
     print(f"held-out test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
           f"on {test['images']} images; temperature {temperature:.3f}")
+    tta = {"views": pre["tta_views"]}
+    test_tta = None
+    if args.tta:
+        views = pre["tta_views"]
+        tta["temperature"] = fit_temperature(predict(model, x[va], views=views), y[va]) if va.any() else 1.0
+        test_tta = metrics(calibrate(predict(model, x[te], views=views), tta["temperature"]), y[te], labels)
+        print(f"held-out test with TTA ({len(views)} views): accuracy {test_tta['accuracy']:.4f}, "
+              f"macro-F1 {test_tta['macro_f1']:.4f}")
 
     names = {lab: presets.class_name(lab) for lab in labels}
     figs = os.path.join(args.out, "figures")
@@ -169,19 +183,23 @@ def train(args):
     plots.reliability(probs.max(1), probs.argmax(1) == y[te], os.path.join(figs, "reliability.png"))
 
     model_path = os.path.join(args.out, "model.keras")
-    served = build(args.arch, size, len(labels), width=args.width)  # uncompiled: no optimizer state
+    served = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"])  # no optimizer state
     served.set_weights(model.get_weights())
     served.save(model_path)
-    classes = {"labels": labels, "names": names}
+    classes = {"labels": labels, "names": names,
+               "descriptions": {lab: presets.class_description(lab) for lab in labels}}
     rows = [(it.path, it.label, g, s) for it, g, s in zip(kept, groups, split)]
     meta = {
         "schema": SCHEMA,
         "name": name,
-        "description": f"A {args.arch} CNN that sorts {pre['modality']} images into "
+        "description": f"A {arch} CNN that sorts {pre['modality']} images into "
                        f"{len(labels)} classes, trained on {pre['dataset_name']}.",
         "task": {"type": "image-classification", "modality": pre["modality"]},
-        "preprocessing": preprocess_spec(size),
-        "model": {"architecture": args.arch, "width": args.width, "parameters": int(model.count_params()),
+        "preset": args.preset,
+        "preprocessing": preprocess_spec(size, pre["colour_mode"]),
+        "tta": tta,
+        "model": {"architecture": arch, "width": width, "initial_weights": args.weights or "random",
+                  "parameters": int(model.count_params()),
                   "file": "model.keras", "sha256": sha256(model_path),
                   "bytes": os.path.getsize(model_path)},
         "classes": labels,
@@ -194,11 +212,12 @@ def train(args):
         "split": {"name": "group split (exact copies grouped), stratified by class",
                   "seed": args.seed, "fractions": {"val": args.val_fraction, "test": args.test_fraction},
                   "fingerprint": fingerprint(rows), "counts": counts},
-        "metrics": {"test": test, "val": val},
+        "metrics": {"test": test, "val": val} | ({"test_tta": test_tta} if test_tta else {}),
         "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
         "training": {"command": "python -m training.train " + shlex.join(args.argv),
                      "epochs_run": len(hist.history["loss"]), "epochs_max": args.epochs,
-                     "batch_size": args.batch_size, "lr": args.lr, "seconds": round(train_seconds, 1),
+                     "batch_size": args.batch_size, "lr": args.lr, "augmentation": pre["augmentation"],
+                     "seconds": round(train_seconds, 1),
                      "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores",
                      "history": {k: [round(float(v), 5) for v in vs] for k, vs in hist.history.items()
                                  if k != "learning_rate"}},
@@ -208,6 +227,8 @@ def train(args):
     write_json(os.path.join(args.out, "classes.json"), classes)
     write_json(os.path.join(args.out, "metadata.json"), meta)
     render(meta, classes).save(os.path.join(args.out, "README.md"))
+    if run:
+        run.finish(meta, args.out)
     print(f"wrote bundle {args.out} ({os.path.getsize(model_path) / 1e6:.1f} MB model) "
           f"in {train_seconds / 60:.1f} min")
     return meta
