@@ -1,78 +1,602 @@
-"""Audit a data set: find copies of the same image so a split can keep them together.
+"""Audit a data set before training: copies, leaks, label conflicts and shortcut cues.
 
-This first version finds byte-identical files (exact duplicates), the ones that carry
-two labels, and the ones found in more than one published split. `run` returns a dict
-that training uses (one group id per image) and records in the bundle.
+    python -m training.audit DATA_DIR --out OUT_DIR [--seed 0] [--keep-published-split]
 
-    python -m training.audit DATA_DIR
+DATA_DIR holds class folders (DIR/<class>/*) or a published split
+(DIR/{train,valid,test}/<class>/*). OUT_DIR gets:
+
+    audit.md     the report for people: problems first, each with its files and what to do
+    audit.json   the same for machines: exact_duplicate_groups, near_duplicate_groups,
+                 cross_class_groups, cross_split_groups (each a list of groups, each a list
+                 of paths relative to DATA_DIR), shortcut_cues, counts, the split summary
+    split.csv    path,label,group,split for every readable image: the split training uses
+    figures/     thumbnails of the worst groups (derived from your images: keep them private)
+
+How copies are found (measured on LC25000 and two CT sets; see scripts/check_tile_groups.py):
+
+1. Exact duplicates: identical bytes (sha256).
+2. Near duplicates: each image is shrunk to at most 160 px and described twice: a colour
+   histogram (unchanged by rotation, flips and crops) and a 24 px layout thumbnail under all
+   8 rotations/flips. Each image's 10 nearest neighbours under either are candidates. A
+   candidate pair is a near copy when SIFT keypoints (also matched mirrored) agree on one
+   affine map from one image onto the other with at least 12 inliers (RANSAC), AND the
+   fine detail (a band-pass image) of the two agrees once aligned by that map (Pearson
+   correlation >= 0.8). The first test catches rotations, flips, crops, zooms, stretches,
+   re-encoding and resizing; the second stops CT slices of different patients from being
+   joined through the scanner table or the field-of-view ring that they share.
+3. Groups are the connected components of exact and near pairs: copies of one tile, or
+   neighbouring slices of one scan, end up together and the split keeps them on one side.
 """
 
 import argparse
+import csv
 import hashlib
+import json
 import os
-from collections import defaultdict
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from training.data import scan, sha256_file
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from training import split as splitting
+from training.data import scan
+from training.preprocess import ImageError, open_image, to_rgb
+
+# The method's settings, chosen by measurement (scripts/check_tile_groups.py and the CT sets).
+WORK_SIDE = 160  # pixels: images are shrunk to this before describing them
+SIFT_FEATURES = 128  # keypoints per image
+CANDIDATES = 10  # nearest neighbours per image, under each of the two descriptions
+RATIO = 0.8  # Lowe's ratio test for a keypoint match
+MIN_INLIERS = 12  # keypoints that one affine map must explain
+MIN_DETAIL_AGREEMENT = 0.8  # correlation of aligned band-pass detail
+SHORTCUT_MARGIN = 0.10  # warn when a cue alone beats chance by this much accuracy ...
+GIVE_AWAY_MIN = 5  # ... or when values held by >= this many images, all of one class,
+#                    cover 2% of the images (e.g. every 400x256 image is malignant)
+WORST_GROUPS_SHOWN = 8  # contact sheets in figures/
+
+cv2.setNumThreads(1)  # threads are used across images instead
 
 
-def _groups_of(keys, items):
-    by_key = defaultdict(list)
-    for k, it in zip(keys, items):
-        by_key[k].append(it)
-    return [sorted(g, key=lambda it: it.path) for g in by_key.values() if len(g) > 1]
+@dataclass
+class Described:
+    """What the audit keeps of one readable image."""
+
+    sha256: str
+    width: int
+    height: int
+    format: str
+    mode: str
+    bytes: int
+    grey: np.ndarray  # uint8, longest side <= WORK_SIDE
+    colour: np.ndarray  # sqrt of a 16x16x16 Lab histogram, centred later
+    layout: np.ndarray  # 24x24 grey thumbnail, zero mean, unit norm
+    points: np.ndarray  # SIFT keypoint positions (N, 2)
+    descriptors: np.ndarray  # RootSIFT (N, 128)
 
 
-def run(root, items):
-    """Audit items under root. Returns a dict with:
+def _shrink(rgb):
+    h, w = rgb.shape[:2]
+    f = WORK_SIDE / max(h, w)
+    if f >= 1:
+        return rgb
+    return cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
-    group                   one group id per item (copies share one)
-    exact_duplicate_groups  lists of paths with identical bytes
-    cross_class_groups      groups whose copies carry more than one label
-    cross_split_groups      groups found in more than one published split
-    fingerprint             sha256 over (path, label, file sha256): names the data exactly
-    warnings, summary       text for people
+
+def describe(path):
+    """Read one file with the project's one decoding path -> Described; raises ImageError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    im = open_image(data)
+    info = dict(width=im.size[0], height=im.size[1], format=im.format or "unknown", mode=im.mode)
+    small = _shrink(to_rgb(im))
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3) // 16
+    hist = np.bincount((lab[:, 0].astype(np.int32) * 16 + lab[:, 1]) * 16 + lab[:, 2], minlength=4096)
+    layout = cv2.resize(grey, (24, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
+    layout -= layout.mean()
+    layout /= np.linalg.norm(layout) + 1e-6
+    keypoints, desc = cv2.SIFT_create(nfeatures=SIFT_FEATURES).detectAndCompute(grey, None)
+    if desc is None:
+        desc = np.zeros((0, 128), np.float32)
+    desc = np.sqrt(desc / (desc.sum(1, keepdims=True) + 1e-7)).astype(np.float32)  # RootSIFT
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    return Described(hashlib.sha256(data).hexdigest(), bytes=len(data), grey=grey,
+                     colour=np.sqrt(hist / hist.sum()).astype(np.float32), layout=layout,
+                     points=points, descriptors=desc, **info)
+
+
+def _mirror_descriptors(d):
+    """SIFT descriptors of the mirror image: reverse the 4 rows of cells, negate angles."""
+    return np.ascontiguousarray(d.reshape(-1, 4, 4, 8)[:, ::-1][..., (-np.arange(8)) % 8].reshape(-1, 128))
+
+
+def _detail(grey):
+    g = grey.astype(np.float32)
+    return cv2.GaussianBlur(g, (0, 0), 1.0) - cv2.GaussianBlur(g, (0, 0), 4.0)
+
+
+def _agreement(a, b, m):
+    """Pearson correlation of a's detail and b's detail warped by m, where both exist."""
+    h, w = a.shape
+    warped = cv2.warpAffine(_detail(b), m, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.ones(b.shape, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+    if mask.sum() < 400:  # less than 20 x 20 pixels in common
+        return 0.0
+    x, y = _detail(a)[mask], warped[mask]
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-6))
+
+
+def near_copy(a, b, matcher=None):
+    """(inliers, detail agreement) of the best affine map from b (as is or mirrored) onto a.
+
+    b is a near copy of a when inliers >= MIN_INLIERS and agreement >= MIN_DETAIL_AGREEMENT.
     """
-    hashes = [sha256_file(os.path.join(root, it.path)) for it in items]
-    exact = _groups_of(hashes, items)
-    gid = {it.path: it.path for it in items}
-    for g in exact:
-        for it in g:
-            gid[it.path] = g[0].path
-    cross_class = [g for g in exact if len({it.label for it in g}) > 1]
-    cross_split = [g for g in exact if len({it.published_split for it in g}) > 1
-                   and all(it.published_split for it in g)]
-    fp = hashlib.sha256("\n".join(f"{it.path},{it.label},{h}" for it, h in
-                                  sorted(zip(items, hashes), key=lambda t: t[0].path)).encode())
+    matcher = matcher or cv2.BFMatcher(cv2.NORM_L2)
+    best = (0, 0.0)
+    if len(a.descriptors) < MIN_INLIERS or len(b.descriptors) < MIN_INLIERS:
+        return best
+    for mirrored in (False, True):
+        pts, desc, grey = b.points, b.descriptors, b.grey
+        if mirrored:
+            pts = pts.copy()
+            pts[:, 0] = b.grey.shape[1] - 1 - pts[:, 0]
+            desc, grey = _mirror_descriptors(desc), np.ascontiguousarray(grey[:, ::-1])
+        pairs = matcher.knnMatch(a.descriptors, desc, k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+        if len(good) < MIN_INLIERS:
+            continue
+        src = pts[[m.trainIdx for m in good]]
+        dst = a.points[[m.queryIdx for m in good]]
+        m, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+        if m is None or not 1 / 16 < abs(np.linalg.det(m[:, :2])) < 16:
+            continue
+        n = int(inliers.sum())
+        if n >= MIN_INLIERS and n > best[0]:
+            best = (n, _agreement(a.grey, grey, m))
+            if best[1] >= MIN_DETAIL_AGREEMENT:
+                break  # a near copy already; the other orientation cannot change that
+    return best
+
+
+def _top_k(features, k, extra=None):
+    """For each row, the k most similar other rows (cosine; max over `extra` variants)."""
+    n = len(features)
+    k = min(k, n - 1)
+    out = np.zeros((n, max(k, 0)), np.int64)
+    for start in range(0, n, 512):
+        block = features[start:start + 512]
+        sims = block @ features.T
+        for other in extra or ():
+            sims = np.maximum(sims, block @ other.T)
+        sims[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
+        if k > 0:
+            out[start:start + len(block)] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return out
+
+
+def _candidates(described):
+    n = len(described)
+    colour = np.stack([d.colour for d in described])
+    colour -= colour.mean(0)
+    colour /= np.linalg.norm(colour, axis=1, keepdims=True) + 1e-9
+    layout = np.stack([d.layout for d in described])
+    turns = [np.rot90(layout, r, axes=(1, 2)) for r in range(4)]
+    variants = [t.reshape(n, -1) for t in turns] + [t[:, :, ::-1].reshape(n, -1) for t in turns]
+    pairs = set()
+    for near in (_top_k(colour, CANDIDATES), _top_k(variants[0], CANDIDATES, variants[1:])):
+        for i, row in enumerate(near):
+            pairs.update((min(i, int(j)), max(i, int(j))) for j in row)
+    return sorted(pairs)
+
+
+def _components(n, edges):
+    if not edges:
+        return np.arange(n)
+    i, j = np.array(edges).T
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+class _Groups:
+    """Union-find over image indices: which images are already known to be one group."""
+
+    def __init__(self, n):
+        self.parent = list(range(n))
+
+    def find(self, i):
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, i, j):
+        self.parent[self.find(i)] = self.find(j)
+
+
+def _near_edges(described, candidates, exact_edges, workers, progress):
+    """The candidate pairs that are near copies. A pair whose images are already joined
+    through other pairs is skipped: it cannot change the groups, and checking it costs."""
+    groups = _Groups(len(described))
+    for i, j in exact_edges:
+        groups.join(i, j)
+
+    def check(pair):
+        inliers, agreement = near_copy(described[pair[0]], described[pair[1]])
+        return inliers >= MIN_INLIERS and agreement >= MIN_DETAIL_AGREEMENT
+
+    edges = []
+    bar = _progress(None, len(candidates), "audit: matching", progress)
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(candidates), 64):
+            batch = [p for p in candidates[start:start + 64] if groups.find(p[0]) != groups.find(p[1])]
+            for pair, ok in zip(batch, pool.map(check, batch)):
+                if ok:
+                    edges.append(pair)
+                    groups.join(*pair)
+            if bar:
+                bar.update(len(candidates[start:start + 64]))
+    if bar:
+        bar.close()
+    return edges
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="image" if "read" in desc else "pair")
+
+
+def _cue_table(items, described, groups, seed):
+    """How well each file property alone predicts the class (group 5-fold CV) vs chance."""
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.tree import DecisionTreeClassifier
+
+    labels = np.array([it.label for it in items])
+    values = {
+        "width": [[d.width] for d in described],
+        "height": [[d.height] for d in described],
+        "aspect": [[d.width / d.height] for d in described],
+        "file format": [[f == x for x in sorted({d.format for d in described})] for f in (d.format for d in described)],
+        "colour mode": [[m == x for x in sorted({d.mode for d in described})] for m in (d.mode for d in described)],
+        "file size": [[np.log(d.bytes)] for d in described],
+    }
+    values["all of these"] = [sum(row, []) for row in zip(*(map(list, v) for v in values.values()))]
+    chance = Counter(labels).most_common(1)[0][1] / len(labels)
+    n_groups = min(len({g for g, lab in zip(groups, labels) if lab == c}) for c in set(labels))
+    folds = min(5, n_groups)
+    kinds = {"width": [d.width for d in described], "height": [d.height for d in described],
+             "aspect": [round(d.width / d.height, 2) for d in described],
+             "file format": [d.format for d in described], "colour mode": [d.mode for d in described]}
+    cues = []
+    for name, x in values.items():
+        row = {"cue": name, "chance": round(chance, 4)}
+        if folds < 2 or len(set(labels)) < 2:
+            row["accuracy"] = None
+        else:
+            cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+            tree = DecisionTreeClassifier(max_depth=4, min_samples_leaf=3, random_state=seed)
+            pred = cross_val_predict(tree, np.asarray(x, np.float64), labels, groups=groups, cv=cv)
+            row["accuracy"] = round(float((pred == labels).mean()), 4)
+        row["give_aways"] = _give_aways(kinds.get(name, []), labels)
+        given = sum(g["images"] for g in row["give_aways"])
+        row["warning"] = bool((row["accuracy"] is not None and row["accuracy"] - chance >= SHORTCUT_MARGIN)
+                              or given >= max(GIVE_AWAY_MIN, 0.02 * len(labels)))
+        cues.append(row)
+    return cues
+
+
+def _give_aways(values, labels):
+    """Values of a cue that at least GIVE_AWAY_MIN images share, all of one class."""
+    if len(set(values)) < 2:
+        return []
+    by_value = {}
+    for v, lab in zip(values, labels):
+        by_value.setdefault(v, []).append(lab)
+    return [{"value": v, "class": labs[0], "images": len(labs)} for v, labs in sorted(by_value.items(), key=str)
+            if len(labs) >= GIVE_AWAY_MIN and len(set(labs)) == 1 and len(labs) < len(labels)]
+
+
+def run(root, items=None, progress=True, seed=0):
+    """Audit the images under root -> dict (JSON-ready except `described`).
+
+    Keys: images, items (path, label, published split per image, readable ones only),
+    group (one id per readable item: the first path of its group), unreadable,
+    exact_duplicate_groups, near_duplicate_groups, cross_class_groups, cross_split_groups,
+    shortcut_cues, group_sizes, fingerprint, warnings, summary, seconds.
+    """
+    t0 = time.time()
+    items = scan(root) if items is None else items
+    workers = max(1, min(4, os.cpu_count() or 1))
+
+    def safe(it):
+        try:
+            return describe(os.path.join(root, it.path))
+        except (ImageError, OSError) as e:
+            return str(e)
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(_progress(pool.map(safe, items), len(items), "audit: reading", progress))
+    timings = {"reading": time.time() - t0}
+    unreadable = [{"path": it.path, "reason": r} for it, r in zip(items, results) if isinstance(r, str)]
+    kept = [(it, r) for it, r in zip(items, results) if not isinstance(r, str)]
+    items, described = [it for it, _ in kept], [r for _, r in kept]
+    n = len(items)
+    if n == 0:
+        raise SystemExit(f"No readable images in {root}.")
+
+    by_sha = {}
+    for i, d in enumerate(described):
+        by_sha.setdefault(d.sha256, []).append(i)
+    exact = [g for g in by_sha.values() if len(g) > 1]
+    edges = [(g[0], j) for g in exact for j in g[1:]]
+
+    candidates = [p for p in _candidates(described) if described[p[0]].sha256 != described[p[1]].sha256]
+    timings["candidates"] = time.time() - t0 - sum(timings.values())
+    near_edges = _near_edges(described, candidates, edges, workers, progress)
+    timings["matching"] = time.time() - t0 - sum(timings.values())
+    comp = _components(n, edges + near_edges)
+
+    members = {}
+    for i, c in enumerate(comp):
+        members.setdefault(c, []).append(i)
+    group_of = {c: items[m[0]].path for c, m in members.items()}  # items are sorted by path
+    group = [group_of[c] for c in comp]
+    multi = [m for m in members.values() if len(m) > 1]
+    paths = lambda gs: [[items[i].path for i in g] for g in gs]  # noqa: E731
+    near = [m for m in multi if len({described[i].sha256 for i in m}) > 1]
+    cross_class = [m for m in multi if len({items[i].label for i in m}) > 1]
+    cross_split = [m for m in multi if all(items[i].published_split for i in m)
+                   and len({items[i].published_split for i in m}) > 1]
+    cues = _cue_table(items, described, group, seed)
+    timings["shortcut cues"] = time.time() - t0 - sum(timings.values())
+
+    fp = hashlib.sha256("\n".join(f"{it.path},{it.label},{d.sha256}" for it, d in zip(items, described)).encode())
+    sizes = Counter(len(m) for m in members.values())
+    largest = max(sizes)
     warnings = []
-    n_dup = sum(len(g) - 1 for g in exact)
-    if exact:
-        warnings.append(f"{len(exact)} groups of byte-identical files ({n_dup} extra copies); "
-                        "copies are kept together on one side of the split")
     if cross_class:
-        warnings.append(f"{len(cross_class)} identical files carry different labels")
+        warnings.append(f"{len(cross_class)} groups of copies carry more than one label "
+                        f"({sum(map(len, cross_class))} images): fix the labels, or drop them")
     if cross_split:
-        warnings.append(f"{len(cross_split)} identical files appear in more than one published split")
-    paths = lambda gs: [[it.path for it in g] for g in gs]  # noqa: E731
+        warnings.append(f"{len(cross_split)} groups of copies sit in more than one published split "
+                        f"({sum(map(len, cross_split))} images): a published split leaks")
+    if exact:
+        warnings.append(f"{len(exact)} groups of byte-identical files ({sum(map(len, exact)) - len(exact)} extra copies)")
+    if near:
+        warnings.append(f"{len(near)} groups of near copies ({sum(map(len, near))} images; largest {largest}): "
+                        "rotated/flipped/cropped/re-encoded copies or neighbouring slices")
+    for c in cues:
+        if c["warning"] and c["cue"] != "all of these":
+            given = "; ".join(f"{g['value']} -> {g['class']} ({g['images']} images)" for g in c["give_aways"][:4])
+            warnings.append(f"shortcut: {c['cue']} alone predicts the class with accuracy "
+                            f"{c['accuracy']:.2f} (chance {c['chance']:.2f})" + (f"; give-aways: {given}" if given else ""))
+    if largest > max(50, 0.1 * n):
+        warnings.append(f"the largest group holds {largest} of {n} images: check that distinct "
+                        "images were not joined (see the figures)")
+    if unreadable:
+        warnings.append(f"{len(unreadable)} files could not be read and are left out")
     return {
-        "images": len(items),
-        "group": [gid[it.path] for it in items],
+        "data": os.path.abspath(root),
+        "images": n,
+        "classes": sorted({it.label for it in items}),
+        "items": [{"path": it.path, "label": it.label, "published_split": it.published_split} for it in items],
+        "group": group,
+        "unreadable": unreadable,
         "exact_duplicate_groups": paths(exact),
+        "near_duplicate_groups": paths(near),
         "cross_class_groups": paths(cross_class),
         "cross_split_groups": paths(cross_split),
+        "shortcut_cues": cues,
+        "group_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "groups": len(members),
+        "candidate_pairs": len(candidates),
         "fingerprint": fp.hexdigest(),
         "warnings": warnings,
-        "summary": f"{len(items)} images, {len(set(gid.values()))} groups after grouping copies.",
+        "summary": f"{n} images in {len(set(it.label for it in items))} classes, {len(members)} groups "
+                   f"after grouping exact and near copies (largest {largest}).",
+        "seconds": round(time.time() - t0, 1),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "described": described,
     }
 
 
-def main():
+def summary(report):
+    """The audit's findings in a few numbers, for metadata.json and the model card."""
+    keys = ("exact_duplicate_groups", "near_duplicate_groups", "cross_class_groups", "cross_split_groups")
+    return {"summary": report["summary"], "warnings": report["warnings"], "images": report["images"],
+            "groups": report["groups"], "fingerprint": report["fingerprint"],
+            **{k: len(report[k]) for k in keys},
+            "shortcut_cues": {c["cue"]: {"accuracy": c["accuracy"], "chance": c["chance"]}
+                              for c in report["shortcut_cues"]},
+            "method": "sha256 + SIFT affine match (>= %d inliers) with aligned-detail check (>= %.2f)"
+                      % (MIN_INLIERS, MIN_DETAIL_AGREEMENT)}
+
+
+def make_split(report, val_fraction=0.15, test_fraction=0.15, seed=0, keep_published=False):
+    """The split training uses -> (rows of path,label,group,split, info)."""
+    labels = [it["label"] for it in report["items"]]
+    published = [it["published_split"] for it in report["items"]]
+    splits, info = splitting.assign(labels, report["group"], published, val_fraction, test_fraction,
+                                    seed, keep_published)
+    rows = [(it["path"], it["label"], g, s) for it, g, s in zip(report["items"], report["group"], splits)]
+    info["counts"] = splitting.counts(labels, report["group"], splits)
+    info["fingerprint"] = splitting.fingerprint(rows)
+    return rows, info
+
+
+# ---------------------------------------------------------------- the written report
+
+def _worst(report):
+    """Groups worth a look, worst first: label conflicts, leaks, then the largest."""
+    seen, out = set(), []
+    for key, why in (("cross_class_groups", "labels differ"), ("cross_split_groups", "crosses the published split"),
+                     ("near_duplicate_groups", "near copies"), ("exact_duplicate_groups", "identical files")):
+        for g in sorted(report[key], key=len, reverse=True):
+            if tuple(g) not in seen:
+                seen.add(tuple(g))
+                out.append((why, g))
+    return out[:WORST_GROUPS_SHOWN]
+
+
+def _contact_sheet(report, group, path, title):
+    from PIL import Image, ImageDraw
+
+    index = {it["path"]: i for i, it in enumerate(report["items"])}
+    shown = group[:12]
+    cell, cols = 128, min(6, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + 14) + 16), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((2, 2), title[:120], fill="black")
+    for k, p in enumerate(shown):
+        it = report["items"][index[p]]
+        thumb = Image.fromarray(report["described"][index[p]].grey).convert("RGB")
+        thumb.thumbnail((cell - 4, cell - 4))
+        x, y = (k % cols) * cell, 16 + (k // cols) * (cell + 14)
+        sheet.paste(thumb, (x + 2, y))
+        draw.text((x + 2, y + cell - 2), f"{it['label'][:12]} {it['published_split'] or ''}".strip(), fill="black")
+    sheet.save(path)
+
+
+def _md_groups(groups, report, limit=10):
+    label = {it["path"]: (it["label"], it["published_split"]) for it in report["items"]}
+    lines = []
+    for g in sorted(groups, key=len, reverse=True)[:limit]:
+        files = ", ".join(f"`{p}` ({label[p][0]}{', ' + label[p][1] if label[p][1] else ''})" for p in g[:8])
+        lines.append(f"- {len(g)} images: {files}" + (f", and {len(g) - 8} more" if len(g) > 8 else ""))
+    if len(groups) > limit:
+        lines.append(f"- ... and {len(groups) - limit} more groups (all in `audit.json`)")
+    return lines
+
+
+def write(report, rows, split_info, out):
+    """Write audit.md, audit.json, split.csv and figures/ into out."""
+    os.makedirs(os.path.join(out, "figures"), exist_ok=True)
+    with open(os.path.join(out, "split.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group", "split"])
+        w.writerows(rows)
+    figures = []
+    for k, (why, g) in enumerate(_worst(report), 1):
+        name = f"figures/group_{k:02d}.png"
+        _contact_sheet(report, g, os.path.join(out, name), f"{why}: {len(g)} images")
+        figures.append((why, len(g), name))
+    data = {k: v for k, v in report.items() if k not in ("described", "items", "group")}
+    data["split"] = split_info
+    data["figures"] = [name for _, _, name in figures]
+    with open(os.path.join(out, "audit.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out, "audit.md"), "w") as f:
+        f.write(_markdown(report, split_info, figures))
+
+
+def _markdown(report, split_info, figures):
+    r = report
+    L = [f"# Data audit: `{r['data']}`", "", r["summary"] + f" Audited in {r['seconds']} s.", ""]
+    L += ["## Problems, most serious first", ""]
+    problems = 0
+    if r["cross_class_groups"]:
+        problems += 1
+        L += [f"### Label conflicts: {len(r['cross_class_groups'])} groups of copies carry more than one label", "",
+              "The same image (or a near copy, or a neighbouring slice of the same scan) is filed under "
+              "two classes. Training stops on these until you fix the labels or pass `--drop-conflicts`.", ""]
+        L += _md_groups(r["cross_class_groups"], r) + [""]
+    if r["cross_split_groups"]:
+        problems += 1
+        leak = split_info.get("published_leaks", {})
+        L += [f"### The published split leaks: {len(r['cross_split_groups'])} groups "
+              f"({leak.get('images', '?')} images) sit on more than one side", "",
+              "Scores measured on this split are inflated: the model is tested on copies of what it "
+              "trained on. The split below is made again by group, unless you pass "
+              "`--keep-published-split` (then the leak is printed in the report and the model card).", ""]
+        L += _md_groups(r["cross_split_groups"], r) + [""]
+    cues = [c for c in r["shortcut_cues"] if c["warning"] and c["cue"] != "all of these"]
+    if cues:
+        problems += 1
+        L += ["### Shortcut cues: file properties give the class away", "",
+              "A model can learn these instead of the disease. Bring the classes to the same size, "
+              "format and colour mode (or check the model on data where they match).", ""]
+    L += ["| cue | accuracy from this alone | chance (largest class) | values that give the class away | warning |",
+          "| --- | --- | --- | --- | --- |"]
+    for c in r["shortcut_cues"]:
+        acc = "n/a" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
+        given = "; ".join(f"{g['value']} -> {g['class']} ({g['images']})" for g in c["give_aways"][:4]) or "-"
+        L.append(f"| {c['cue']} | {acc} | {c['chance']:.3f} | {given} | {'**yes**' if c['warning'] else 'no'} |")
+    L += ["", "Accuracy: a depth-4 decision tree on the cue alone, 5-fold cross-validated by group. "
+          "A warning means at least 10 points above chance, or values that only one class has covering "
+          "2% of the images. File size also reflects what is in the image (a JPEG of plain tissue is "
+          "smaller), so a small lift there can be content rather than a shortcut.", ""]
+    if r["near_duplicate_groups"] or r["exact_duplicate_groups"]:
+        problems += 1
+        L += [f"### Copies: {len(r['exact_duplicate_groups'])} groups of identical files, "
+              f"{len(r['near_duplicate_groups'])} groups of near copies", "",
+              "Copies inflate a random split. They are kept together on one side of the split below, "
+              "so no copy of a test image is trained on.", ""]
+        L += ["Identical files:"] + (_md_groups(r["exact_duplicate_groups"], r, 5) or ["- none"]) + [""]
+        L += ["Near copies (largest first):"] + (_md_groups(r["near_duplicate_groups"], r, 5) or ["- none"]) + [""]
+    if r["unreadable"]:
+        problems += 1
+        L += [f"### {len(r['unreadable'])} files could not be read", ""]
+        L += [f"- `{u['path']}`: {u['reason']}" for u in r["unreadable"][:20]] + [""]
+    if not problems:
+        L += ["None found.", ""]
+    if figures:
+        L += ["### The worst groups", ""] + [f"- {why}, {n} images: ![{name}]({name})" for why, n, name in figures] + [""]
+    L += ["## Counts", "", "| class | " + " | ".join(_splits_present(r)) + " | all |",
+          "| --- |" + " --- |" * (len(_splits_present(r)) + 1)]
+    for lab in r["classes"]:
+        row = [sum(1 for it in r["items"] if it["label"] == lab and (it["published_split"] or "-") == s)
+               for s in _splits_present(r)]
+        L.append(f"| {lab} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    L += ["", "Group sizes (size: how many groups): " + ", ".join(f"{k}: {v}" for k, v in r["group_sizes"].items()), ""]
+    L += ["## The split (`split.csv`)", "", f"{split_info['method']}; seed {split_info['seed']}; "
+          f"fingerprint `{split_info['fingerprint'][:16]}`.", ""]
+    if split_info.get("warning"):
+        L += [f"> **WARNING: {split_info['warning']}**", ""]
+    L += ["| split | images | groups | per class |", "| --- | --- | --- | --- |"]
+    for s, c in split_info["counts"].items():
+        L.append(f"| {s} | {c['images']} | {c['groups']} | " + ", ".join(f"{k} {v}" for k, v in c["per_class"].items()) + " |")
+    L += ["", "## Method", "", __doc__.split("How copies are found", 1)[1].split("\n", 1)[1].strip(), ""]
+    return "\n".join(L)
+
+
+def _splits_present(r):
+    return [s for s in ("train", "val", "test", "-") if any((it["published_split"] or "-") == s for it in r["items"])]
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="data folder")
-    args = p.parse_args()
-    result = run(args.data, scan(args.data))
-    print(result["summary"])
-    for w in result["warnings"]:
+    p.add_argument("data", help="data folder: DIR/<class>/* or DIR/{train,valid,test}/<class>/*")
+    p.add_argument("--out", required=True, help="folder for audit.md, audit.json, split.csv, figures/")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of groups for validation (default 0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share of groups for test (default 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--keep-published-split", action="store_true",
+                   help="keep a published train/valid/test split even when copies cross it (warned loudly)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    report = run(args.data, progress=not args.quiet, seed=args.seed)
+    rows, info = make_split(report, args.val_fraction, args.test_fraction, args.seed, args.keep_published_split)
+    write(report, rows, info, args.out)
+    print(report["summary"], f"({report['seconds']} s)")
+    for w in report["warnings"]:
         print("WARNING:", w)
+    if info.get("warning"):
+        print("WARNING:", info["warning"])
+    print(f"split: {info['method']}")
+    for s, c in info["counts"].items():
+        print(f"  {s:5s} {c['images']:6d} images in {c['groups']:5d} groups")
+    print(f"wrote {os.path.join(args.out, 'audit.md')}, audit.json, split.csv, figures/")
+    return report
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""The data audit and the group split, on made-up images with known problems planted.
+
+One data set (class folders) holds: byte-identical copies, a tile turned by 90 degrees and
+mirrored, a tile turned by 12 degrees and cropped, a tile re-encoded as a smaller JPEG, a
+tile copied into another class, and a class whose images all have another size (a shortcut).
+A second data set has a train/valid/test layout with one copy planted across the split.
+"""
+
+import csv
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from training import audit
+from training.split import assign, split_by_group
+
+PALETTE = {"red": (190, 70, 90), "green": (80, 160, 90), "blue": (70, 90, 190)}
+
+
+def tissue(colour, seed, size=128):
+    """A textured made-up tile: overlapping ellipses in shades of the class colour."""
+    rng = np.random.default_rng(seed)
+    a = np.full((size, size, 3), 235, np.uint8)
+    base = np.array(PALETTE[colour])
+    for _ in range(45):
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        axes = tuple(int(v) for v in rng.integers(3, 14, 2))
+        shade = np.clip(base * rng.uniform(0.4, 1.2) + rng.normal(0, 20, 3), 0, 255)
+        cv2.ellipse(a, centre, axes, float(rng.uniform(0, 180)), 0, 360, tuple(float(v) for v in shade), -1)
+    a = cv2.GaussianBlur(a, (0, 0), 0.8)
+    return Image.fromarray(np.clip(a + rng.normal(0, 4, a.shape), 0, 255).astype(np.uint8))
+
+
+def turned_and_cropped(im, degrees):
+    """What LC25000's augmentation did: rotate a little, crop the middle, resize back."""
+    w, h = im.size
+    return im.rotate(degrees, resample=Image.BICUBIC).crop((14, 14, w - 14, h - 14)).resize((w, h), Image.BICUBIC)
+
+
+PER_CLASS = 12
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    for colour in PALETTE:
+        os.makedirs(root / colour)
+        for i in range(PER_CLASS):
+            im = tissue(colour, seed=list(PALETTE).index(colour) * 100 + i)
+            if colour == "blue":
+                im = im.resize((160, 112))  # the size shortcut: only blue images are 160 x 112
+            im.save(root / colour / f"{colour}_{i:02d}.png")
+    red = root / "red"
+    shutil.copy(red / "red_00.png", red / "red_00_copy.png")
+    tile = Image.open(red / "red_01.png")
+    tile.transpose(Image.ROTATE_90).save(red / "red_01_turned.png")
+    tile.transpose(Image.FLIP_LEFT_RIGHT).save(red / "red_01_mirrored.png")
+    turned_and_cropped(Image.open(red / "red_02.png"), 12).save(red / "red_02_rotated12.png")
+    Image.open(red / "red_03.png").resize((100, 100), Image.LANCZOS).save(red / "red_03_small.jpg", quality=80)
+    Image.open(red / "red_04.png").transpose(Image.ROTATE_270).save(root / "green" / "green_from_red_04.png")
+    out = tmp_path_factory.mktemp("audit_out")
+    report = audit.main([str(root), "--out", str(out), "--quiet"])
+    return {"root": str(root), "out": str(out), "report": report}
+
+
+def group_containing(groups, path):
+    return next((set(g) for g in groups if path in g), set())
+
+
+def test_byte_identical_copies_are_exact_duplicates(planted):
+    assert planted["report"]["exact_duplicate_groups"] == [["red/red_00.png", "red/red_00_copy.png"]]
+
+
+def test_turned_mirrored_rotated_and_reencoded_copies_are_near_duplicates(planted):
+    near = planted["report"]["near_duplicate_groups"]
+    assert group_containing(near, "red/red_01.png") == {"red/red_01.png", "red/red_01_turned.png",
+                                                        "red/red_01_mirrored.png"}
+    assert group_containing(near, "red/red_02.png") == {"red/red_02.png", "red/red_02_rotated12.png"}
+    assert group_containing(near, "red/red_03.png") == {"red/red_03.png", "red/red_03_small.jpg"}
+
+
+def test_copy_under_another_label_is_a_cross_class_group(planted):
+    assert planted["report"]["cross_class_groups"] == [["green/green_from_red_04.png", "red/red_04.png"]]
+
+
+def test_distinct_images_are_not_grouped(planted):
+    report = planted["report"]
+    # the 5 planted groups: red_00 (exact), red_01, red_02, red_03 and red_04 (near), no other
+    assert len(report["exact_duplicate_groups"]) + len(report["near_duplicate_groups"]) == 5
+    assert report["groups"] == 3 * PER_CLASS  # every extra file joined its original, nothing more
+
+
+def test_size_shortcut_is_reported(planted):
+    cues = {c["cue"]: c for c in planted["report"]["shortcut_cues"]}
+    assert cues["width"]["warning"] and cues["width"]["accuracy"] > cues["width"]["chance"] + 0.2
+    assert {"value": 160, "class": "blue", "images": PER_CLASS} in cues["width"]["give_aways"]
+    assert not cues["colour mode"]["warning"]
+    assert any("shortcut: width" in w for w in planted["report"]["warnings"])
+
+
+def test_outputs_are_written_with_the_promised_keys(planted):
+    out = planted["out"]
+    with open(os.path.join(out, "audit.json")) as f:
+        data = json.load(f)
+    for key in ("exact_duplicate_groups", "near_duplicate_groups", "cross_class_groups",
+                "cross_split_groups", "shortcut_cues"):
+        assert key in data
+    text = open(os.path.join(out, "audit.md")).read()
+    assert text.index("Label conflicts") < text.index("Shortcut cues") < text.index("## Counts")
+    assert "green/green_from_red_04.png" in text
+    assert os.listdir(os.path.join(out, "figures"))
+
+
+def read_split(out):
+    with open(os.path.join(out, "split.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_split_csv_lists_every_image_and_no_group_crosses_it(planted):
+    rows = read_split(planted["out"])
+    assert len(rows) == planted["report"]["images"] == 3 * PER_CLASS + 6
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    sides = {}
+    for r in rows:
+        sides.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in sides.values())
+
+
+def test_split_is_reproducible_by_seed():
+    labels = [i % 3 for i in range(300)]
+    groups = [i // 4 for i in range(300)]
+    assert split_by_group(labels, groups, seed=1) == split_by_group(labels, groups, seed=1)
+    assert split_by_group(labels, groups, seed=1) != split_by_group(labels, groups, seed=2)
+
+
+def test_split_sizes_are_near_the_asked_fractions():
+    labels = [i % 3 for i in range(600)]
+    groups = [i // 3 for i in range(600)]
+    splits = split_by_group(labels, groups, val_fraction=0.15, test_fraction=0.15, seed=0)
+    for name, want in (("val", 0.15), ("test", 0.15)):
+        assert abs(splits.count(name) / len(splits) - want) < 0.03
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """train/valid/test layout; one training tile's mirror image planted in test."""
+    root = tmp_path_factory.mktemp("published")
+    for colour in PALETTE:
+        for i in range(9):
+            side = ("train", "train", "train", "train", "train", "valid", "valid", "test", "test")[i]
+            os.makedirs(root / side / colour, exist_ok=True)
+            tissue(colour, seed=7000 + list(PALETTE).index(colour) * 100 + i).save(root / side / colour / f"{i}.png")
+    Image.open(root / "train" / "red" / "0.png").transpose(Image.FLIP_TOP_BOTTOM).save(root / "test" / "red" / "leak.png")
+    return str(root)
+
+
+def test_published_split_with_a_planted_leak_is_detected_and_resplit(published, tmp_path):
+    report = audit.main([published, "--out", str(tmp_path), "--quiet"])
+    assert report["cross_split_groups"] == [["test/red/leak.png", "train/red/0.png"]]
+    rows = {r["path"]: r for r in read_split(str(tmp_path))}
+    assert rows["test/red/leak.png"]["split"] == rows["train/red/0.png"]["split"]
+    info = json.load(open(tmp_path / "audit.json"))["split"]
+    assert "replaced" in info["method"] and info["published_leaks"] == {"groups": 1, "images": 2}
+
+
+def test_keep_published_split_keeps_it_and_says_so_loudly(published, tmp_path, capsys):
+    audit.main([published, "--out", str(tmp_path), "--quiet", "--keep-published-split"])
+    rows = {r["path"]: r for r in read_split(str(tmp_path))}
+    assert rows["test/red/leak.png"]["split"] == "test" and rows["train/red/0.png"]["split"] == "train"
+    assert rows["valid/red/5.png"]["split"] == "val"
+    assert "KEPT A LEAKING PUBLISHED SPLIT" in capsys.readouterr().out
+    assert "KEPT A LEAKING PUBLISHED SPLIT" in open(tmp_path / "audit.md").read()
+
+
+def test_a_published_split_that_does_not_leak_is_kept():
+    labels = ["a", "b"] * 6
+    published = ["train"] * 8 + ["val", "val", "test", "test"]
+    splits, info = assign(labels, list(range(12)), published)
+    assert splits == published and info["method"] == "published split" and "warning" not in info
+
+
+def test_tile_group_agreement_counts_pairs():
+    from scripts.check_tile_groups import agreement
+
+    a = agreement(["x", "x", "x", "y"], ["t", "t", "u", "u"])
+    assert a["pairs_predicted"] == 3 and a["pairs_reference"] == 2 and a["pairs_both"] == 1
+    assert a["precision"] == pytest.approx(1 / 3) and a["recall"] == pytest.approx(1 / 2)
