@@ -190,3 +190,33 @@ def test_tile_group_agreement_counts_pairs():
     a = agreement(["x", "x", "x", "y"], ["t", "t", "u", "u"])
     assert a["pairs_predicted"] == 3 and a["pairs_reference"] == 2 and a["pairs_both"] == 1
     assert a["precision"] == pytest.approx(1 / 3) and a["recall"] == pytest.approx(1 / 2)
+
+
+def test_training_stops_on_label_conflicts_and_names_the_files(planted, tmp_path):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", planted["root"], "--out", str(tmp_path / "bundle"), "--verbose", "0"])
+    message = str(stop.value.code)
+    assert "more than one label" in message and "green/green_from_red_04.png" in message
+    assert "--drop-conflicts" in message
+    assert not os.path.exists(tmp_path / "bundle" / "model.keras")
+
+
+@pytest.mark.slow
+def test_kept_leaking_split_and_group_folds_are_recorded_in_the_bundle(published, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from training.train import main
+
+    out = str(tmp_path / "bundle")
+    meta = main(["--data", published, "--out", out, "--keep-published-split", "--folds", "2",
+                 "--image-size", "32", "--width", "8", "--epochs", "1", "--batch-size", "8", "--verbose", "0"])
+    assert meta["split"]["published_leaks"] == {"groups": 1, "images": 2}
+    assert "KEPT A LEAKING PUBLISHED SPLIT" in meta["split"]["warning"]
+    assert meta["audit"]["cross_split_groups"] == 1
+    assert len(meta["split"]["fingerprint"]) == 64
+    cv = meta["cross_validation"]
+    assert cv["folds"] == 2 and len(cv["accuracy"]["folds"]) == 2 and sum(cv["test_images"]) == 28
+    card = ModelCard.load(os.path.join(out, "README.md")).text
+    assert "WARNING: KEPT A LEAKING PUBLISHED SPLIT" in card and "Cross-validation by group, 2 folds" in card

@@ -44,6 +44,38 @@ def card_data(meta):
     )
 
 
+def _audit_text(meta):
+    """The 'Data audit' section: what `training.audit` found and how the split was made."""
+    audit, split = meta.get("audit", {}), meta["split"]
+    lines = [audit.get("summary", "")]
+    if "near_duplicate_groups" in audit:
+        lines.append(f"Found {audit['exact_duplicate_groups']} groups of identical files, "
+                     f"{audit['near_duplicate_groups']} groups of near copies (rotations, flips, crops, "
+                     f"re-encodings, neighbouring slices), {audit['cross_class_groups']} groups under more "
+                     f"than one label and {audit['cross_split_groups']} groups across the published split "
+                     f"({audit.get('method', '')}).")
+    lines += [f"- {w}" for w in audit.get("warnings", [])] or ["- No problems found."]
+    if audit.get("conflicting_images_dropped"):
+        lines.append(f"- {audit['conflicting_images_dropped']} images with conflicting labels were left out "
+                     "(`--drop-conflicts`).")
+    if split.get("method"):
+        lines.append(f"\nSplit: {split['method']}.")
+    if split.get("warning"):
+        lines.append(f"\n> **WARNING: {split['warning']}**")
+    return "\n".join(lines).strip()
+
+
+def _cv_text(cv):
+    """Mean and spread of K-fold cross-validation by group (`--folds K`), if it was run."""
+    if not cv:
+        return ""
+    rows = [f"| {m.replace('_', ' ')} | {v['mean']:.4f} | {v['std']:.4f} | {', '.join(f'{x:.3f}' for x in v['folds'])} |"
+            for m, v in cv.items() if isinstance(v, dict)]
+    return "\n".join([f"Cross-validation by group, {cv['folds']} folds (seed {cv['seed']}): each fold's "
+                      "groups were held out of its training.", "", "| metric | mean | std | per fold |",
+                      "| --- | --- | --- | --- |"] + rows)
+
+
 def render(meta, classes, repo_id=None, revision=None):
     """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
     publishing) fill in the loading instructions, else they show OWNER/NAME."""
@@ -51,9 +83,7 @@ def render(meta, classes, repo_id=None, revision=None):
     split = meta["split"]
     names = classes["names"]
     per_class = test.get("per_class", {})
-    audit = meta.get("audit", {})
-    audit_lines = [f"- {w}" for w in audit.get("warnings", [])] or ["- No problems found."]
-    audit_text = "\n".join([audit.get("summary", "")] + audit_lines).strip()
+    audit_text, cv_text = _audit_text(meta), _cv_text(meta.get("cross_validation"))
     return ModelCard.from_template(
         card_data(meta),
         template_path=TEMPLATE,
@@ -68,6 +98,9 @@ def render(meta, classes, repo_id=None, revision=None):
         class_rows=[{"label": lab, "name": names.get(lab, lab), **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                      for k, v in per_class.get(lab, {}).items()}} for lab in classes["labels"]],
         audit_text=audit_text,
+        split_warning=split.get("warning", ""),
+        split_fingerprint=split.get("fingerprint", ""),
+        cv_text=cv_text,
         architecture=meta["model"]["architecture"],
         parameters=f"{meta['model']['parameters']:,}",
         input_size=meta["preprocessing"]["input_size"][0],

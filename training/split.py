@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 def _one_fold(labels, groups, fraction, seed):
     """Indices (rest, held) with about `fraction` of the groups held out."""
     n_splits = max(2, round(1 / fraction))
-    n_splits = min(n_splits, len(set(groups)))
+    n_splits = min(n_splits, len(set(groups)), max(np.unique(labels, return_counts=True)[1]))
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return next(cv.split(np.zeros(len(labels)), labels, groups))
 
@@ -65,11 +65,13 @@ def assign(labels, groups, published=None, val_fraction=0.15, test_fraction=0.15
     labels, groups = list(labels), list(groups)
     has_published = published is not None and all(published)
     info = {"seed": seed, "fractions": {"val": val_fraction, "test": test_fraction}}
+    group_name = "group split (exact and near copies kept together), stratified by class"
     if not has_published:
-        info["method"] = "group split (copies and near copies kept together), stratified by class"
+        info["name"] = info["method"] = group_name
         return split_by_group(labels, groups, val_fraction, test_fraction, seed), info
     info["published_leaks"] = leak = leaks(groups, published)
     if leak["groups"] and not keep_published:
+        info["name"] = group_name
         info["method"] = ("group split, stratified by class; the published split was replaced "
                           f"because {leak['groups']} groups ({leak['images']} images) crossed it")
         return split_by_group(labels, groups, val_fraction, test_fraction, seed), info
@@ -84,7 +86,9 @@ def assign(labels, groups, published=None, val_fraction=0.15, test_fraction=0.15
             out[i] = s
     info["method"] = "published split" + (f" (with {' and '.join(missing)} carved out of train by group)"
                                            if missing else "")
+    info["name"] = "published split (no copies across it)"
     if leak["groups"]:
+        info["name"] = f"published split, kept although {leak['groups']} groups of copies cross it"
         info["method"] += ", kept on request although it leaks"
         info["warning"] = (f"KEPT A LEAKING PUBLISHED SPLIT: {leak['groups']} groups of copies "
                            f"({leak['images']} images) sit on more than one side, so the held-out "
@@ -96,6 +100,16 @@ def group_folds(labels, groups, k, seed=0):
     """K-fold cross-validation by group: yields (train_idx, test_idx) K times."""
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     yield from cv.split(np.zeros(len(labels)), labels, groups)
+
+
+def fold_split(labels, groups, k, folds, val_fraction=0.15, seed=0):
+    """Fold k of `folds` by group: 'test' for that fold, 'val' carved by group from the rest."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    rest, test = list(group_folds(labels, groups, folds, seed))[k]
+    out = np.array(["train"] * len(labels), dtype=object)
+    out[test] = "test"
+    out[rest] = split_by_group(labels[rest], groups[rest], val_fraction, 0, seed + k)
+    return list(out)
 
 
 def counts(labels, groups, splits):

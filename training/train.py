@@ -59,7 +59,13 @@ def parse_args(argv=None):
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of groups held out for test (default 0.15)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation (default 0)")
     p.add_argument("--drop-conflicts", action="store_true",
-                   help="drop images whose identical copies carry another label, instead of stopping")
+                   help="leave out groups of copies that carry more than one label, instead of stopping")
+    p.add_argument("--keep-published-split", action="store_true",
+                   help="keep a published train/valid/test split even when copies cross it (default: "
+                   "re-split by group); the leak is printed and recorded in the bundle")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="also run K-fold cross-validation by group and report the mean and spread "
+                   "of the metrics (K extra trainings; default off)")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
     return p.parse_args(argv)
 
@@ -71,10 +77,10 @@ def train(args):
     from training import plots
     from training.bundle import SCHEMA, sha256, write_json
     from training.card import render
-    from training.data import load_images, scan
+    from training.data import Item, load_images, scan
     from training.evaluate import calibrate, fit_temperature, metrics, predict
     from training.model import build
-    from training.split import fingerprint, split_by_group
+    from training.split import fingerprint
 
     t0 = time.time()
     keras.utils.set_random_seed(args.seed)
@@ -84,27 +90,45 @@ def train(args):
     width = args.width or (pre["width"] if arch == pre["arch"] else DEFAULT_WIDTH.get(arch, 32))
     name = args.name or os.path.basename(os.path.normpath(args.out))
 
+    # Audit first (copies, leaks, conflicts, shortcut cues), then take its split.
     items = scan(args.data)
     print(f"found {len(items)} images in {args.data}")
-    report = audit.run(args.data, items)
+    report = getattr(args, "audit_report", None) or audit.run(args.data, items, seed=args.seed)
+    report.pop("described", None)  # image descriptions: only the audit's own figures need them
     for w in report["warnings"]:
         print("audit:", w)
-
-    # One label per group: identical copies under two labels stop training unless dropped.
-    group = dict(zip((it.path for it in items), report["group"]))
-    labels_of = {}
-    for it in items:
-        labels_of.setdefault(group[it.path], set()).add(it.label)
-    conflicts = {g for g, labs in labels_of.items() if len(labs) > 1}
+    rows, split_info = audit.make_split(report, args.val_fraction, args.test_fraction, args.seed,
+                                        args.keep_published_split)
+    if split_info.get("warning"):
+        print("\n" + "!" * 78 + f"\nWARNING: {split_info['warning']}\n" + "!" * 78 + "\n")
+    # Label conflicts (copies filed under two classes) stop training unless dropped.
+    conflicts = {p for g in report["cross_class_groups"] for p in g}
     if conflicts and not args.drop_conflicts:
-        raise SystemExit(f"{len(conflicts)} images appear under more than one class (e.g. "
-                         f"{sorted(conflicts)[0]}). Fix the labels, or pass --drop-conflicts.")
-    # Keep one file per exact-duplicate group (byte-identical copies teach nothing new).
-    keep = [it for it in items if group[it.path] not in conflicts]
-    exact = {p for g in report["exact_duplicate_groups"] for p in g[1:]}
-    keep = [it for it in keep if it.path not in exact]
-    removed = len(items) - len(keep)
-    print(f"kept {len(keep)} images ({removed} exact duplicates or conflicts removed)")
+        shown = "\n".join("  " + ", ".join(g[:4]) + (" ..." if len(g) > 4 else "")
+                          for g in report["cross_class_groups"][:3])
+        raise SystemExit(f"{len(report['cross_class_groups'])} groups of copies carry more than one label "
+                         f"({len(conflicts)} images), e.g.:\n{shown}\nFix the labels (the full list: "
+                         f"python -m training.audit {args.data} --out AUDIT_DIR), or pass --drop-conflicts "
+                         "to leave these images out.")
+    # Byte-identical files teach nothing new: keep the first of each on its side of the split.
+    extra_copies = set()
+    side = {r[0]: r[3] for r in rows}
+    for g in report["exact_duplicate_groups"]:
+        seen = set()
+        for p in g:
+            extra_copies.update([p] if side[p] in seen else [])
+            seen.add(side[p])
+    rows = [r for r in rows if r[0] not in conflicts and r[0] not in extra_copies]
+    if getattr(args, "fold", None):
+        from training.split import fold_split
+
+        k, folds = args.fold
+        fold_sides = fold_split([r[1] for r in rows], [r[2] for r in rows], k, folds, args.val_fraction, args.seed)
+        rows = [(p, lab, g, s) for (p, lab, g, _), s in zip(rows, fold_sides)]
+    print(f"kept {len(rows)} images ({len(conflicts) if args.drop_conflicts else 0} with conflicting labels "
+          f"and {len(extra_copies)} identical extra copies left out)")
+    split_of = {r[0]: r for r in rows}
+    keep = [Item(r[0], r[1]) for r in rows]
 
     x, kept, bad = load_images(args.data, keep, size)
     for path, why in bad:
@@ -115,8 +139,8 @@ def train(args):
     if pre["classes"] and labels != pre["classes"]:
         print(f"note: preset {args.preset} expects classes {pre['classes']}, found {labels}")
     y = np.array([labels.index(it.label) for it in kept])
-    groups = [group[it.path] for it in kept]
-    split = np.array(split_by_group(y, groups, args.val_fraction, args.test_fraction, args.seed))
+    groups = [split_of[it.path][2] for it in kept]
+    split = np.array([split_of[it.path][3] for it in kept])
     counts = {s: {"images": int((split == s).sum()), "groups": len({g for g, t in zip(groups, split) if t == s}),
                   "per_class": {lab: int(((split == s) & (y == i)).sum()) for i, lab in enumerate(labels)}}
               for s in ("train", "val", "test")}
@@ -188,7 +212,7 @@ def train(args):
     served.save(model_path)
     classes = {"labels": labels, "names": names,
                "descriptions": {lab: presets.class_description(lab) for lab in labels}}
-    rows = [(it.path, it.label, g, s) for it, g, s in zip(kept, groups, split)]
+    rows = [(it.path, it.label, g, s) for it, g, s in zip(kept, groups, split)]  # the images used
     meta = {
         "schema": SCHEMA,
         "name": name,
@@ -207,12 +231,14 @@ def train(args):
                  "citation": pre["citation"], "license": pre["license"],
                  "fingerprint": report["fingerprint"], "images_found": len(items),
                  "images_used": len(kept), "unreadable": [p for p, _ in bad]},
-        "audit": {k: report[k] for k in ("summary", "warnings")}
-        | {k: len(report[k]) for k in ("exact_duplicate_groups", "cross_class_groups", "cross_split_groups")},
-        "split": {"name": "group split (exact copies grouped), stratified by class",
+        "audit": audit.summary(report) | {"conflicting_images_dropped": len(conflicts) if args.drop_conflicts else 0,
+                                          "identical_copies_left_out": len(extra_copies)},
+        "split": {"name": split_info["name"], "method": split_info["method"],
                   "seed": args.seed, "fractions": {"val": args.val_fraction, "test": args.test_fraction},
-                  "fingerprint": fingerprint(rows), "counts": counts},
+                  "fingerprint": fingerprint(rows), "counts": counts}
+        | {k: split_info[k] for k in ("published_leaks", "warning") if k in split_info},
         "metrics": {"test": test, "val": val} | ({"test_tta": test_tta} if test_tta else {}),
+        "cross_validation": getattr(args, "cross_validation", None),
         "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
         "training": {"command": "python -m training.train " + shlex.join(args.argv),
                      "epochs_run": len(hist.history["loss"]), "epochs_max": args.epochs,
@@ -234,11 +260,44 @@ def train(args):
     return meta
 
 
+def cross_validate(args):
+    """--folds K: K trainings, each tested on one fold of groups (never seen in its training),
+    then the bundle as usual; its metadata and card carry the folds' mean and spread."""
+    import copy
+    import shutil
+
+    from training.data import scan
+
+    if args.folds < 2:
+        raise SystemExit("--folds needs K >= 2 (e.g. --folds 5)")
+    args.audit_report = audit.run(args.data, scan(args.data), seed=args.seed)
+    results = []
+    for k in range(args.folds):
+        print(f"--- cross-validation by group: fold {k + 1} of {args.folds}")
+        fold = copy.copy(args)
+        fold.fold, fold.out = (k, args.folds), tempfile.mkdtemp(prefix=f"lung-fold{k}-")
+        fold.mlflow, fold.tta, fold.verbose = False, False, min(args.verbose, 0)
+        results.append(train(fold)["metrics"]["test"])
+        shutil.rmtree(fold.out, ignore_errors=True)
+    metric_names = [m for m in ("accuracy", "balanced_accuracy", "macro_f1") if m in results[0]]
+    args.cross_validation = {
+        "folds": args.folds, "by": "group (copies and neighbouring slices stay in one fold)", "seed": args.seed,
+        "test_images": [r["images"] for r in results],
+        **{m: {"mean": round(float(np.mean([r[m] for r in results])), 4),
+               "std": round(float(np.std([r[m] for r in results], ddof=1)), 4),
+               "folds": [round(float(r[m]), 4) for r in results]} for m in metric_names},
+    }
+    for m in metric_names:
+        cv = args.cross_validation[m]
+        print(f"cross-validation {m}: {cv['mean']:.4f} +- {cv['std']:.4f} over {args.folds} folds")
+    return train(args)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     args.argv = argv
-    return train(args)
+    return cross_validate(args) if args.folds else train(args)
 
 
 if __name__ == "__main__":
