@@ -37,6 +37,11 @@ CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "2"))
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "32"))
 MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "10mb")
 UPLOAD_TTL = int(os.environ.get("UPLOAD_TTL", "600"))
+SESSIONS = 200  # per-session state Gradio keeps (it keeps 10,000 by default; this app needs none)
+# After every request Gradio rebuilds a pandas summary of its last 10,000 events for its
+# monitoring page (off here): CPU per request that grows with traffic. Keep 100, never rebuild.
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**12))
 NOTICE = ("**For research and education only. Not for diagnosis.** This model has not been "
           "validated for clinical use; never use its output to make decisions about a patient.")
 
@@ -133,18 +138,20 @@ def build_demo(bundles):
             The classes with their calibrated confidences, highest first.
         """
         if image is None:
-            raise gr.Error("Upload an image first.")
+            raise gr.Error("Upload an image first.", print_exception=False)
         served = bundles.get(str(model or names[0]))
         if served is None:
-            raise gr.Error(f"Unknown model {model!r}. Choose one of: {', '.join(names)}.")
+            raise gr.Error(f"Unknown model {model!r}. Choose one of: {', '.join(names)}.",
+                           print_exception=False)
         path = image.get("path") if isinstance(image, dict) else image
         try:
             return served.classify(path)
         except ImageError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None  # the user's file: no traceback
         except Exception:
             log.exception("prediction failed")
-            raise gr.Error("The image could not be classified. Try another file.") from None
+            raise gr.Error("The image could not be classified. Try another file.",
+                           print_exception=False) from None  # logged just above
 
     # delete_cache: every UPLOAD_TTL seconds, uploads older than UPLOAD_TTL are deleted.
     with gr.Blocks(title="Lung image classifier (research only)",
@@ -174,6 +181,25 @@ def build_demo(bundles):
     return demo
 
 
+def keep_delete_cache_alive():
+    """Work around Gradio 6.31.0: delete_cache's clean-up pass walks the set of uploads in a
+    worker thread while new uploads are added to it, and the first "RuntimeError: Set changed
+    size during iteration" ends the clean-up for good, so uploads pile up on disk under steady
+    traffic (scripts/soak.py shows it). Retry the pass instead."""
+    from gradio import route_utils
+
+    delete = route_utils.delete_files_created_by_app
+
+    def delete_retrying(blocks, age):
+        for _ in range(10):
+            try:
+                return delete(blocks, age)
+            except RuntimeError:  # an upload arrived during the pass
+                continue
+
+    route_utils.delete_files_created_by_app = delete_retrying
+
+
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -183,7 +209,9 @@ def main():
         sys.exit(2)
     # show_error=False: clients see gr.Error messages (ours, all written for users), never
     # the text of an unexpected exception, which could name server paths.
-    build_demo(bundles).launch(max_file_size=MAX_FILE_SIZE, show_error=False)
+    keep_delete_cache_alive()
+    build_demo(bundles).launch(max_file_size=MAX_FILE_SIZE, show_error=False,
+                               state_session_capacity=SESSIONS)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Starts `python app.py` (MODEL_REPO=--model) with its own upload folder (GRADIO_T
 and a short UPLOAD_TTL, warms it up, reads the server's resident memory, then sends
 --requests predictions from --clients clients through Gradio's HTTP API: every image a
 different one, and one request in ten a file that is not an image (which must be refused
-with its message). Then it reads the memory again, waits for the upload clean-up, and
-counts the files left in the upload folder.
+with its message). It prints the speed, the server's CPU time per request and its memory
+as it goes (flat is good), then waits for the upload clean-up and counts the files left
+in the upload folder.
 
 Exits with 1 if a good image failed, a bad file was not refused, memory grew by more than
 --max-growth-mb after the warm-up, or uploads were not cleaned up.
@@ -84,6 +85,7 @@ def main(argv=None):
     p.add_argument("--requests", type=int, default=3000, help="requests after the warm-up (default 3000)")
     p.add_argument("--warmup", type=int, default=200, help="requests before the first reading (default 200)")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    p.add_argument("--chunks", type=int, default=6, help="report speed and memory this many times (default 6)")
     p.add_argument("--upload-ttl", type=int, default=5, help="the server's UPLOAD_TTL in seconds (default 5)")
     p.add_argument("--max-growth-mb", type=float, default=50, help="fail above this growth (default 50)")
     args = p.parse_args(argv)
@@ -95,9 +97,16 @@ def main(argv=None):
         server.first_answer(test_image(os.path.join(uploads, "first.jpg")))
         warm = send(server.url, args.warmup, args.clients, offset=10**6)
         before = server.memory_mb()
-        t0 = time.perf_counter()
-        counts = send(server.url, args.requests, args.clients)
-        seconds = time.perf_counter() - t0
+        print(f"{'requests':>9} {'req/s':>6} {'server CPU ms/req':>18} {'RSS MB':>7}")
+        counts, seconds, done = {}, 0.0, 0
+        for chunk in np.array_split(np.arange(args.requests), args.chunks):
+            t0, cpu0 = time.perf_counter(), server.cpu_seconds()
+            for k, v in send(server.url, len(chunk), args.clients, offset=done).items():
+                counts[k] = counts.get(k, 0) + v
+            dt = time.perf_counter() - t0
+            seconds, done = seconds + dt, done + len(chunk)
+            print(f"{done:9d} {len(chunk) / dt:6.1f} {1000 * (server.cpu_seconds() - cpu0) / len(chunk):18.1f} "
+                  f"{server.memory_mb():7.0f}", flush=True)
         after = server.memory_mb()
         time.sleep(2 * args.upload_ttl + 1)  # one clean-up pass after the last upload ages out
         left = files_in(uploads) - 1  # first.jpg, this script's own
