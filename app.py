@@ -12,6 +12,8 @@ Settings (environment variables, all optional):
     QUEUE_SIZE          requests waiting before new ones are told the Space is busy (default 32)
     MAX_FILE_SIZE       largest upload accepted, refused before decoding (default 10mb)
     UPLOAD_TTL          seconds an uploaded file is kept before it is deleted (default 600)
+    TTA                 1: test-time augmentation, the probabilities averaged over each
+                        bundle's views (flips/turns for tissue, mirror for CT); slower (default 0)
 
 Every bundle is verified (schema, sha256, Keras safe mode) and warmed up at start-up; a
 bundle that fails stops start-up with a message saying which check failed. The API has
@@ -28,7 +30,7 @@ import gradio as gr
 import numpy as np
 
 from training.bundle import BundleError, load
-from training.evaluate import calibrate
+from training.evaluate import bundle_tta, calibrate, tta_mean, tta_views
 from training.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +44,7 @@ SESSIONS = 200  # per-session state Gradio keeps (it keeps 10,000 by default; th
 # monitoring page (off here): CPU per request that grows with traffic. Keep 100, never rebuild.
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**12))
+TTA = os.environ.get("TTA", "0").strip().lower() in ("1", "true", "yes", "on")
 NOTICE = ("**For research and education only. Not for diagnosis.** This model has not been "
           "validated for clinical use; never use its output to make decisions about a patient.")
 
@@ -58,10 +61,11 @@ class Served:
     """A bundle ready to answer: all per-model work (tracing the forward pass, label texts)
     is done once here, at start-up, so a request only decodes its image and runs the model."""
 
-    def __init__(self, bundle):
+    def __init__(self, bundle, tta=False):
         import tensorflow as tf
 
         self.bundle = bundle
+        self.views, self.temperature = bundle_tta(bundle.metadata) if tta else (None, bundle.temperature)
         self.size = bundle.input_size
         self.texts = [label_text(bundle, lab) for lab in bundle.labels]
         model = bundle.model
@@ -73,20 +77,33 @@ class Served:
     def classify(self, path):
         """Image file -> {label text: calibrated probability}, with the training preprocessing."""
         x = load_image(path, self.size)[None]
-        probs = calibrate(self.forward(x).numpy(), self.bundle.temperature)[0]
+        if self.views:  # one batch of all the views, averaged
+            probs = tta_mean(self.forward(tta_views(x, self.views)).numpy(), len(self.views))
+        else:
+            probs = self.forward(x).numpy()
+        probs = calibrate(probs, self.temperature)[0]
         return dict(zip(self.texts, probs.tolist()))
 
 
-def load_bundles(model_repo):
+def load_bundles(model_repo, tta=TTA):
     """Load, verify and warm up every bundle in a comma-separated MODEL_REPO value, keyed by name."""
     bundles = {}
     for spec in [s for s in model_repo.split(",") if s.strip()]:
         b = load(spec)
-        bundles[b.name] = Served(b)
+        bundles[b.name] = Served(b, tta)
         log.warning("serving %s from %s", b.name, spec.strip())
     if not bundles:
         raise BundleError("MODEL_REPO names no bundle")
     return bundles
+
+
+def tta_text(metadata):
+    """A line on test-time augmentation when TTA is on, with its held-out figure if measured."""
+    if not TTA:
+        return ""
+    measured = metadata["metrics"].get("test_tta")
+    figure = f"; held-out macro-F1 with it **{measured['macro_f1']:.3f}**" if measured else ""
+    return f"Test-time augmentation is on ({len(bundle_tta(metadata)[0])} views averaged){figure}.\n\n"
 
 
 def summary(bundle):
@@ -103,6 +120,7 @@ def summary(bundle):
             f"Held-out test (groups never seen in training): accuracy **{test['accuracy']:.3f}**, "
             f"macro-F1 **{test['macro_f1']:.3f}** on {test['images']} images. "
             f"Split ({m['split']['name']}): {split_text}.\n\n"
+            f"{tta_text(m)}"
             f"Input {bundle.input_size}x{bundle.input_size}, {m['model']['architecture']} network, "
             f"{m['model']['parameters']:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
 
@@ -127,6 +145,9 @@ API_DESCRIPTION = ("Classify one lung image. image: the image file (JPEG, PNG, B
 
 def build_demo(bundles):
     names = list(bundles)
+    # The selector shows each model's modality and classes; its value (and the API's) is the name.
+    choices = [(f"{n} ({s.bundle.metadata['task']['modality']}, {len(s.bundle.labels)} classes)", n)
+               for n, s in bundles.items()]
 
     def predict(image, model=None):
         """Classify one lung image.
@@ -161,7 +182,7 @@ def build_demo(bundles):
             with gr.Column(scale=1, min_width=300):
                 image = gr.Image(type="filepath", label="Lung image (histopathology tile or CT slice)",
                                  sources=["upload", "clipboard"], height=320)
-                model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
+                model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
                 button = gr.Button("Classify", variant="primary")
             with gr.Column(scale=1, min_width=300):
                 label = gr.Label(num_top_classes=5, label="Prediction")

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import ROOT, free_port
 from training.evaluate import VIEWS, predict, tta_mean, tta_views
@@ -145,3 +146,31 @@ def test_mlflow_run_has_params_per_epoch_metrics_and_the_bundle(tmp_path, monkey
     assert "test_macro_f1" in run.data.metrics and "test_tta_macro_f1" in run.data.metrics
     files = {f.path for f in client.list_artifacts(run.info.run_id, "bundle")}
     assert {"bundle/model.keras", "bundle/metadata.json", "bundle/README.md"} <= files
+
+
+@pytest.mark.slow
+def test_app_with_tta_on_answers_with_the_views_averaged(tiny_bundle, tmp_path):
+    """TTA=1: the running app's answer is the bundle's views averaged and calibrated."""
+    from gradio_client import Client, handle_file
+
+    from tests.conftest import AppServer, blob_image, label_id
+    from training.bundle import load
+    from training.evaluate import bundle_tta, calibrate
+    from training.preprocess import load_image
+
+    path = str(tmp_path / "green-red.png")  # half and half: mirroring changes what a model sees
+    halves = [np.asarray(blob_image(c, 11, size=64))[:, :32] for c in ("green", "red")]
+    Image.fromarray(np.concatenate(halves, axis=1)).save(path)
+    b = load(tiny_bundle["out"])
+    views, temperature = bundle_tta(b.metadata)
+    x = load_image(path, b.input_size)[None]
+    expected = dict(zip(b.labels, calibrate(predict(b.model, x, views=views), temperature)[0]))
+    plain = dict(zip(b.labels, calibrate(predict(b.model, x), b.temperature)[0]))
+    server = AppServer({"MODEL_REPO": tiny_bundle["out"], "TTA": "1"})
+    try:
+        result = Client(server.url, verbose=False).predict(handle_file(path), api_name="/predict")
+    finally:
+        server.stop()
+    got = {label_id(c["label"]): c["confidence"] for c in result["confidences"]}
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert max(abs(np.log(got[k] + 1e-30) - np.log(plain[k] + 1e-30)) for k in plain) > 1e-3  # not the plain answer
