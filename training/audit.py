@@ -45,7 +45,7 @@ from scipy.sparse.csgraph import connected_components
 
 from training import split as splitting
 from training.data import scan
-from training.preprocess import ImageError, open_image, to_rgb
+from training.preprocess import ImageError, open_image, read_rgb, to_rgb
 
 # The method's settings, chosen by measurement (scripts/check_tile_groups.py and the CT sets).
 WORK_SIDE = 160  # pixels: images are shrunk to this before describing them
@@ -306,7 +306,7 @@ def _give_aways(values, labels):
 
 
 def run(root, items=None, progress=True, seed=0):
-    """Audit the images under root -> dict (JSON-ready except `described`).
+    """Audit the images under root -> dict, ready for JSON.
 
     Keys: images, items (path, label, published split per image, readable ones only),
     group (one id per readable item: the first path of its group), unreadable,
@@ -405,7 +405,6 @@ def run(root, items=None, progress=True, seed=0):
                    f"after grouping exact and near copies (largest {largest}).",
         "seconds": round(time.time() - t0, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
-        "described": described,
     }
 
 
@@ -459,7 +458,10 @@ def _contact_sheet(report, group, path, title):
     draw.text((2, 2), title[:120], fill="black")
     for k, p in enumerate(shown):
         it = report["items"][index[p]]
-        thumb = Image.fromarray(report["described"][index[p]].grey).convert("RGB")
+        try:
+            thumb = Image.fromarray(read_rgb(os.path.join(report["data"], p)))
+        except ImageError:
+            continue
         thumb.thumbnail((cell - 4, cell - 4))
         x, y = (k % cols) * cell, 16 + (k // cols) * (cell + 14)
         sheet.paste(thumb, (x + 2, y))
@@ -490,7 +492,7 @@ def write(report, rows, split_info, out):
         name = f"figures/group_{k:02d}.png"
         _contact_sheet(report, g, os.path.join(out, name), f"{why}: {len(g)} images")
         figures.append((why, len(g), name))
-    data = {k: v for k, v in report.items() if k not in ("described", "items", "group")}
+    data = {k: v for k, v in report.items() if k not in ("items", "group")}
     data["split"] = split_info
     data["figures"] = [name for _, _, name in figures]
     with open(os.path.join(out, "audit.json"), "w") as f:

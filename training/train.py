@@ -94,7 +94,6 @@ def train(args):
     items = scan(args.data)
     print(f"found {len(items)} images in {args.data}")
     report = getattr(args, "audit_report", None) or audit.run(args.data, items, seed=args.seed)
-    report.pop("described", None)  # image descriptions: only the audit's own figures need them
     for w in report["warnings"]:
         print("audit:", w)
     rows, split_info = audit.make_split(report, args.val_fraction, args.test_fraction, args.seed,
