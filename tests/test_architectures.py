@@ -174,3 +174,21 @@ def test_app_with_tta_on_answers_with_the_views_averaged(tiny_bundle, tmp_path):
     got = {label_id(c["label"]): c["confidence"] for c in result["confidences"]}
     assert got == pytest.approx(expected, abs=1e-4)
     assert max(abs(np.log(got[k] + 1e-30) - np.log(plain[k] + 1e-30)) for k in plain) > 1e-3  # not the plain answer
+
+
+@pytest.mark.slow
+def test_measured_tta_and_the_selection_notes_reach_the_model_card(tmp_path):
+    from tests.conftest import make_dataset
+    from training.train import main
+
+    data = make_dataset(str(tmp_path / "data"), per_class=12)
+    out = tmp_path / "b"
+    meta = main(["--data", data, "--out", str(out), "--preset", "lc25000", "--image-size", "32", "--width", "8",
+                 "--epochs", "2", "--batch-size", "8", "--verbose", "0", "--tta",
+                 "--notes", "Tried compact and resnet; compact was best."])
+    tta = meta["metrics"]["test_tta"]
+    assert meta["tta"]["views"] == ["identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270",
+                                    "transpose", "transverse"] and meta["tta"]["temperature"] > 0
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "Test-time augmentation: 8 views averaged" in card and f"macro F1 {tta['macro_f1']:.4f}" in card
+    assert "## How this model was chosen\n\nTried compact and resnet; compact was best." in card

@@ -76,6 +76,16 @@ def _cv_text(cv):
                       "| --- | --- | --- | --- |"] + rows)
 
 
+def _tta_text(meta):
+    """Held-out figures with test-time augmentation, when training measured them."""
+    tta = meta["metrics"].get("test_tta")
+    if not tta:
+        return ""
+    views = meta.get("tta", {}).get("views", [])
+    return (f"{len(views)} views averaged ({', '.join(views)}); held-out accuracy {tta['accuracy']:.4f}, "
+            f"macro F1 {tta['macro_f1']:.4f}; off by default, `TTA=1` turns it on in the app")
+
+
 def render(meta, classes, repo_id=None, revision=None):
     """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
     publishing) fill in the loading instructions, else they show OWNER/NAME."""
@@ -107,6 +117,10 @@ def render(meta, classes, repo_id=None, revision=None):
         modality=meta["task"]["modality"],
         class_list=", ".join(f"{names.get(l, l)} (`{l}`)" for l in classes["labels"]),
         temperature=f"{meta.get('calibration', {}).get('temperature', 1.0):.3f}",
+        colour=("grey (the network sees luminance only)" if meta["preprocessing"].get("colour_mode") == "grey"
+                else "RGB"),
+        tta_text=_tta_text(meta),
+        notes=meta.get("notes", ""),
         train_minutes=f"{meta['training']['seconds'] / 60:.1f}",
         hardware=meta["training"]["hardware"],
         command=meta["training"]["command"],

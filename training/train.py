@@ -47,6 +47,8 @@ def parse_args(argv=None):
                    "weights file: a no-top MobileNetV3Small backbone's, or a whole network's")
     p.add_argument("--tta", action="store_true",
                    help="also measure test-time augmentation on the held-out split (the preset's views)")
+    p.add_argument("--notes", help="a paragraph for the model card: how this configuration was chosen, "
+                   "what else was tried")
     p.add_argument("--mlflow", action="store_true",
                    help="log params, per-epoch metrics and the bundle to MLflow (./mlruns/ unless "
                    "MLFLOW_TRACKING_URI is set, which also turns this on)")
@@ -219,6 +221,7 @@ def train(args):
                        f"{len(labels)} classes, trained on {pre['dataset_name']}.",
         "task": {"type": "image-classification", "modality": pre["modality"]},
         "preset": args.preset,
+        "notes": args.notes or "",
         "preprocessing": preprocess_spec(size, pre["colour_mode"]),
         "tta": tta,
         "model": {"architecture": arch, "width": width, "initial_weights": args.weights or "random",
