@@ -3,18 +3,23 @@
     python scripts/benchmark_serving.py                 # the full run: about 4 minutes
     python scripts/benchmark_serving.py --quick         # a smoke run: seconds, figures meaningless
     CONCURRENCY_LIMIT=1 python scripts/benchmark_serving.py --apps ours,floor
+    python scripts/benchmark_serving.py --apps ours,batched   # does Gradio batching pay?
 
 Each app is started as a user starts it (`python app.py`, a fresh process per run) and
-called through `gradio_client`, uploading a 224 x 224 JPEG (the size of LC25000 tiles):
+sent a 224 x 224 JPEG (the size of LC25000 tiles):
 
-    cold start   process start -> first prediction answered
-    p50 / p95    one client, requests one after another
-    16 clients   throughput (requests/s) and p95 latency with 16 clients at once
+    cold start   process start -> first prediction answered (gradio_client)
+    p50 / p95    one gradio_client, requests one after another
+    16 clients   throughput (requests/s) and p95 latency with 16 clients at once, through
+                 Gradio's HTTP API (upload, /call/predict, event stream: the same queue),
+                 whose clients cost this shared machine far less CPU than gradio_client's
+    server CPU   the server's CPU time per request while serving the 16 clients
     peak memory  the server's peak resident memory (VmHWM)
 
 The apps:
 
     ours     the bundle named by --model (default: the committed models/lc25000)
+    batched  (only when asked for) ours with Gradio batching, --max-batch requests a call
     anchor   the seed projects' network (training.model.seed) at 256 x 256 with random
              weights, written as a bundle in a temp folder and served by the same app.py
     floor    a no-op Gradio app with the same components, queue settings and protocol,
@@ -67,6 +72,20 @@ def serve_floor():
               api_name="predict", preprocess=False)
     demo.queue(default_concurrency_limit=app.CONCURRENCY_LIMIT, max_size=app.QUEUE_SIZE)
     demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False)
+
+
+def serve_batched(max_batch):
+    """app.py exactly, with its predict event switched to Gradio batching: the measurement
+    behind app.py's choice not to batch (see README, Performance)."""
+    import app
+
+    demo = app.build_demo(app.load_bundles(os.environ["MODEL_REPO"]))
+    fn = next(f for f in demo.fns.values() if f.api_name == "predict")
+    single = fn.fn
+    fn.fn = lambda images, models: [[single(im, m) for im, m in zip(images, models)]]
+    fn.batch, fn.max_batch_size, fn.concurrency_limit = True, max_batch, 1
+    app.keep_delete_cache_alive()
+    demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False, state_session_capacity=app.SESSIONS)
 
 
 def write_anchor_bundle(folder, template, size):
@@ -275,10 +294,14 @@ def main(argv=None):
     p.add_argument("--anchor-size", type=int, default=256, help="anchor input side (default 256)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run, few requests, small anchor")
     p.add_argument("--json", help="also write the raw figures to this file")
+    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of the 'batched' app (default 8)")
     p.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-batched", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_floor:
         return serve_floor()
+    if args.serve_batched:
+        return serve_batched(args.max_batch)
     if args.quick:
         args.runs, args.requests, args.clients, args.per_client, args.anchor_size = 1, 3, 4, 2, 64
     apps = args.apps.split(",")
@@ -293,7 +316,9 @@ def main(argv=None):
             bundles["anchor"] = write_anchor_bundle(os.path.join(work, "anchor"), args.model, args.anchor_size)
         cmds = {"ours": ([sys.executable, args.app], {"MODEL_REPO": bundles["ours"]}),
                 "anchor": ([sys.executable, args.app], {"MODEL_REPO": bundles.get("anchor", "")}),
-                "floor": ([sys.executable, os.path.abspath(__file__), "--serve-floor"], {})}
+                "floor": ([sys.executable, os.path.abspath(__file__), "--serve-floor"], {}),
+                "batched": ([sys.executable, os.path.abspath(__file__), "--serve-batched", "--max-batch",
+                             str(args.max_batch)], {"MODEL_REPO": bundles["ours"]})}
         rows = {a: [] for a in apps}
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs}", flush=True)
