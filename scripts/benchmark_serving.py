@@ -22,8 +22,9 @@ The apps:
     batched  (only when asked for) ours with Gradio batching, --max-batch requests a call
     anchor   the seed projects' network (training.model.seed) at 256 x 256 with random
              weights, written as a bundle in a temp folder and served by the same app.py
-    floor    a no-op Gradio app with the same components, queue settings and protocol,
-             answering a constant gr.Label value (this script with --serve-floor)
+    floor    app.py's page with the same components, queue settings and protocol, its predict
+             replaced by a no-op answering a constant gr.Label value (--serve-floor); the
+             bundle is loaded but never called, so its start-up and memory are ours
 
 plus the bare forward pass (the compiled function app.py calls, batch of 1) of ours and the
 anchor. The floor for our latency is floor p50 + our bare forward pass. Figures are
@@ -53,25 +54,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def serve_floor():
-    """The no-op app: app.py's components, queue and launch settings, no model."""
-    import gradio as gr
-
+    """The no-op app: app.py's own page, components, queue and launch settings, with its
+    predict replaced by one that returns a constant gr.Label value (no decoding, no model)."""
     import app
 
-    def predict(image, model=None):
-        return {"Benign lung tissue (lung_n)": 0.8, "Adenocarcinoma (lung) (lung_aca)": 0.1,
-                "Squamous cell carcinoma (lung) (lung_scc)": 0.1}
-
-    with gr.Blocks(delete_cache=(app.UPLOAD_TTL, app.UPLOAD_TTL)) as demo:
-        gr.Markdown("# floor")
-        image = gr.Image(type="filepath", sources=["upload", "clipboard"], height=320)
-        model = gr.Dropdown(["floor"], value="floor", visible=False)
-        button = gr.Button("Classify")
-        label = gr.Label(num_top_classes=5)
-        gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=label,
-              api_name="predict", preprocess=False)
-    demo.queue(default_concurrency_limit=app.CONCURRENCY_LIMIT, max_size=app.QUEUE_SIZE)
-    demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False)
+    bundles = app.load_bundles(os.environ["MODEL_REPO"])
+    texts = next(iter(bundles.values())).texts
+    demo = app.build_demo(bundles)
+    fn = next(f for f in demo.fns.values() if f.api_name == "predict")
+    fn.fn = lambda image, model=None: {t: 1 / len(texts) for t in texts}
+    app.keep_delete_cache_alive()
+    demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False, state_session_capacity=app.SESSIONS)
 
 
 def serve_batched(max_batch):
@@ -316,7 +309,7 @@ def main(argv=None):
             bundles["anchor"] = write_anchor_bundle(os.path.join(work, "anchor"), args.model, args.anchor_size)
         cmds = {"ours": ([sys.executable, args.app], {"MODEL_REPO": bundles["ours"]}),
                 "anchor": ([sys.executable, args.app], {"MODEL_REPO": bundles.get("anchor", "")}),
-                "floor": ([sys.executable, os.path.abspath(__file__), "--serve-floor"], {}),
+                "floor": ([sys.executable, os.path.abspath(__file__), "--serve-floor"], {"MODEL_REPO": bundles["ours"]}),
                 "batched": ([sys.executable, os.path.abspath(__file__), "--serve-batched", "--max-batch",
                              str(args.max_batch)], {"MODEL_REPO": bundles["ours"]})}
         rows = {a: [] for a in apps}
