@@ -34,6 +34,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "lc25000")
 
+from benchmark_serving import forward_ms  # noqa: E402  (scripts/ is on sys.path when run)
+
 
 def made_up_data(folder, per_class=12, side=48):
     """Three classes of coloured noise, for --quick."""
@@ -70,21 +72,6 @@ def train(data, out, preset, extra):
     epochs = [e - s for s, e in zip(starts, ends)]
     return {"total_s": total, "prepare_s": starts[0] if starts else total, "epoch_s": epochs,
             "finish_s": total - ends[-1] if ends else 0.0, "train_images": train_images}
-
-
-def forward_ms(bundle, n=200):
-    """p50 of app.py's compiled forward pass, batch of 1."""
-    import app
-    from training.bundle import load
-
-    served = app.Served(load(bundle))
-    x = np.zeros((1, served.size, served.size, 3), np.float32)
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        served.forward(x).numpy()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def main(argv=None):

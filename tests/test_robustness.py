@@ -9,7 +9,6 @@ through Gradio's file route.
 """
 
 import io
-import os
 import struct
 import threading
 import time

@@ -35,7 +35,7 @@ def test_bundle_loads_in_safe_mode(tiny_bundle):
 
 def test_no_exact_duplicate_crosses_the_split(tiny_bundle):
     """Copies are removed and the split is by group, so no file's bytes are on two sides."""
-    from training.data import sha256_file
+    from training.bundle import sha256
 
     meta = tiny_bundle["meta"]
     assert meta["audit"]["exact_duplicate_groups"] == 3  # one per class, made by the test
@@ -44,7 +44,7 @@ def test_no_exact_duplicate_crosses_the_split(tiny_bundle):
     assert sum(c["images"] for c in split_counts.values()) == meta["data"]["images_used"]
     hashes = {}
     for it in scan(tiny_bundle["data"]):
-        hashes.setdefault(sha256_file(os.path.join(tiny_bundle["data"], it.path)), []).append(it.path)
+        hashes.setdefault(sha256(os.path.join(tiny_bundle["data"], it.path)), []).append(it.path)
     assert sum(len(v) > 1 for v in hashes.values()) == 3
 
 

@@ -11,7 +11,6 @@ Unreadable files are listed and skipped, never silently.
 """
 
 import argparse
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -62,14 +61,6 @@ def scan(root):
             f"with files ending in {', '.join(IMAGE_EXTENSIONS)}."
         )
     return items
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_images(root, items, size, progress=True):

@@ -15,14 +15,12 @@ colour handling, augmentation, class names, citation; see training/presets.py); 
 """
 
 import argparse
-import json
 import os
 import platform
 import shlex
 import sys
 import tempfile
 import time
-from collections import Counter
 
 import numpy as np
 
