@@ -90,7 +90,7 @@ PRESETS = {
         "Alyasriy H, AL-Huseiny M. The IQ-OTH/NCCD lung cancer dataset. Mendeley Data, V1, "
         "2021, doi:10.17632/bhmdr45bh2.1.",
         "license": "cc-by-4.0",
-        "arch": "compact",
+        "arch": "mobilenet",  # best held-out macro-F1 of those compared (README, Models)
         "width": 32,
         "image_size": 128,
         "colour_mode": "grey",
