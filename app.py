@@ -1,6 +1,6 @@
 """The Gradio app: classify lung images with the model bundle(s) named by MODEL_REPO.
 
-    python app.py                                  # the bundle committed under models/
+    python app.py                                  # the bundles committed under models/
     MODEL_REPO=owner/name@v1 python app.py         # a Hub model repo at a revision
     MODEL_REPO=models/lc25000,/path/to/other python app.py   # several, first is default
 
@@ -34,7 +34,9 @@ from training.evaluate import bundle_tta, calibrate, tta_mean, tta_views
 from training.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_MODELS = os.path.join(HERE, "models", "lc25000")
+# Without MODEL_REPO: the committed bundles, LC25000 first (the default model).
+COMMITTED = [os.path.join(HERE, "models", n) for n in ("lc25000", "iq_othnccd", "chest_ct")]
+DEFAULT_MODELS = ",".join(p for p in COMMITTED if os.path.isfile(os.path.join(p, "metadata.json")))
 CONCURRENCY_LIMIT = int(os.environ.get("CONCURRENCY_LIMIT", "2"))
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", "32"))
 MAX_FILE_SIZE = os.environ.get("MAX_FILE_SIZE", "10mb")
