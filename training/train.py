@@ -184,10 +184,11 @@ def train(args):
         os.remove(ckpt)
     train_seconds = time.time() - t0
 
-    temperature = fit_temperature(predict(model, x[va]), y[va]) if va.any() else 1.0
+    val_probs = predict(model, x[va]) if va.any() else None
+    temperature = fit_temperature(val_probs, y[va]) if va.any() else 1.0
     probs = calibrate(predict(model, x[te]), temperature)
     test = metrics(probs, y[te], labels)
-    val = metrics(calibrate(predict(model, x[va]), temperature), y[va], labels) if va.any() else {}
+    val = metrics(calibrate(val_probs, temperature), y[va], labels) if va.any() else {}
     print(f"held-out test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
           f"on {test['images']} images; temperature {temperature:.3f}")
     tta = {"views": pre["tta_views"]}
