@@ -16,8 +16,9 @@ import json
 import os
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
-                             f1_score)
+
+# scikit-learn is imported where metrics are computed, not here: app.py imports this module
+# for calibrate() and should not pay for scikit-learn at start-up.
 
 
 def calibrate(probs, temperature):
@@ -92,6 +93,9 @@ def bundle_tta(metadata):
 
 def metrics(probs, y, labels):
     """The metrics a bundle stores: scikit-learn's, plus calibration error."""
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
+                                 f1_score)
+
     pred = probs.argmax(1)
     ids = list(range(len(labels)))
     report = classification_report(y, pred, labels=ids, target_names=labels, output_dict=True,
@@ -109,6 +113,8 @@ def metrics(probs, y, labels):
 
 
 def main():
+    from sklearn.metrics import classification_report
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="bundle folder or Hub repo id[@revision]")
     p.add_argument("--data", required=True, help="folder of labelled images (class folders)")
