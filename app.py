@@ -15,10 +15,13 @@ Settings (environment variables, all optional):
     TTA                 1: test-time augmentation, the probabilities averaged over each
                         bundle's views (flips/turns for tissue, mirror for CT); slower (default 0)
 
-Every bundle is verified (schema, sha256, Keras safe mode) and warmed up at start-up; a
-bundle that fails stops start-up with a message saying which check failed. The API has
-one endpoint, /predict: an image, and optionally the model name; it returns a gr.Label
-value. For research and education only, not for diagnosis.
+Every bundle is verified (every metadata field the app reads, sha256, Keras safe mode, the
+model's input and output shapes) and warmed up at start-up; a bundle that fails stops
+start-up with one line saying which check failed, and exit status 2. The page and the
+API (/predict: an image, and optionally the model name; a gr.Label value back) are built
+when this module is imported, as Gradio's reload mode (`gradio app.py`) and Spaces expect.
+The serving code lives in lungclf/; this file holds the UI. For research and education
+only, not for diagnosis.
 """
 
 import logging
@@ -29,9 +32,9 @@ import tempfile
 import gradio as gr
 import numpy as np
 
-from training.bundle import BundleError, load
-from training.evaluate import bundle_tta, calibrate, tta_mean, tta_views
-from training.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
+from lungclf.bundle import BundleError, load
+from lungclf.inference import Classifier, label_text
+from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Without MODEL_REPO: the committed bundles, LC25000 first (the default model).
@@ -53,78 +56,43 @@ NOTICE = ("**For research and education only. Not for diagnosis.** This model ha
 log = logging.getLogger("app")
 
 
-def label_text(bundle, label):
-    """The text a gr.Label shows for a class: readable name with the class id."""
-    name = bundle.names.get(label, label)
-    return label if name == label else f"{name} ({label})"
-
-
-class Served:
-    """A bundle ready to answer: all per-model work (tracing the forward pass, label texts)
-    is done once here, at start-up, so a request only decodes its image and runs the model."""
-
-    def __init__(self, bundle, tta=False):
-        import tensorflow as tf
-
-        self.bundle = bundle
-        self.views, self.temperature = bundle_tta(bundle.metadata) if tta else (None, bundle.temperature)
-        self.size = bundle.input_size
-        self.texts = [label_text(bundle, lab) for lab in bundle.labels]
-        model = bundle.model
-        spec = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
-        # A traced graph: no Keras call overhead and no retracing per request.
-        self.forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        self.forward(np.zeros((1, self.size, self.size, 3), np.float32))  # trace and warm up
-
-    def classify(self, path):
-        """Image file -> {label text: calibrated probability}, with the training preprocessing."""
-        x = load_image(path, self.size)[None]
-        if self.views:  # one batch of all the views, averaged
-            probs = tta_mean(self.forward(tta_views(x, self.views)).numpy(), len(self.views))
-        else:
-            probs = self.forward(x).numpy()
-        probs = calibrate(probs, self.temperature)[0]
-        return dict(zip(self.texts, probs.tolist()))
-
-
 def load_bundles(model_repo, tta=TTA):
     """Load, verify and warm up every bundle in a comma-separated MODEL_REPO value, keyed by name."""
     bundles = {}
     for spec in [s for s in model_repo.split(",") if s.strip()]:
         b = load(spec)
-        bundles[b.name] = Served(b, tta)
+        bundles[b.name] = Classifier(b, tta)
         log.warning("serving %s from %s", b.name, spec.strip())
     if not bundles:
         raise BundleError("MODEL_REPO names no bundle")
     return bundles
 
 
-def tta_text(metadata):
+def tta_text(meta):
     """A line on test-time augmentation when TTA is on, with its held-out figure if measured."""
     if not TTA:
         return ""
-    measured = metadata["metrics"].get("test_tta")
-    figure = f"; held-out macro-F1 with it **{measured['macro_f1']:.3f}**" if measured else ""
-    return f"Test-time augmentation is on ({len(bundle_tta(metadata)[0])} views averaged){figure}.\n\n"
+    measured = meta.metrics.test_tta
+    figure = f"; held-out macro-F1 with it **{measured.macro_f1:.3f}**" if measured else ""
+    return f"Test-time augmentation is on ({len(meta.tta.views)} views averaged){figure}.\n\n"
 
 
 def summary(bundle):
     """Markdown with what the user should know about a model: data, classes, held-out figures."""
-    m = bundle.metadata
-    test = m["metrics"]["test"]
-    counts = m["split"]["counts"]
-    split_text = ", ".join(f"{s} {c['images']} images / {c['groups']} groups" for s, c in counts.items())
-    classes = ", ".join(label_text(bundle, lab) for lab in bundle.labels)
-    warnings = "".join(f"\n- {w}" for w in m.get("audit", {}).get("warnings", []))
+    m = bundle.meta
+    test = m.metrics.test
+    split_text = ", ".join(f"{s} {c.images} images / {c.groups} groups" for s, c in m.split.counts.items())
+    classes = ", ".join(label_text(lab, bundle.names) for lab in bundle.labels)
+    warnings = "".join(f"\n- {w}" for w in m.audit.warnings)
     return (f"### {bundle.name}\n"
-            f"**{m['task']['modality']}** images, trained on {m['data']['dataset_name']}. "
+            f"**{m.task.modality}** images, trained on {m.data.dataset_name}. "
             f"Classes: {classes}.\n\n"
-            f"Held-out test (groups never seen in training): accuracy **{test['accuracy']:.3f}**, "
-            f"macro-F1 **{test['macro_f1']:.3f}** on {test['images']} images. "
-            f"Split ({m['split']['name']}): {split_text}.\n\n"
+            f"Held-out test (groups never seen in training): accuracy **{test.accuracy:.3f}**, "
+            f"macro-F1 **{test.macro_f1:.3f}** on {test.images} images. "
+            f"Split ({m.split.name}): {split_text}.\n\n"
             f"{tta_text(m)}"
-            f"Input {bundle.input_size}x{bundle.input_size}, {m['model']['architecture']} network, "
-            f"{m['model']['parameters']:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
+            f"Input {bundle.input_size}x{bundle.input_size}, {m.model.architecture} network, "
+            f"{m.model.parameters:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
 
 
 def example_rows(bundles):
@@ -148,7 +116,7 @@ API_DESCRIPTION = ("Classify one lung image. image: the image file (JPEG, PNG, B
 def build_demo(bundles):
     names = list(bundles)
     # The selector shows each model's modality and classes; its value (and the API's) is the name.
-    choices = [(f"{n} ({s.bundle.metadata['task']['modality']}, {len(s.bundle.labels)} classes)", n)
+    choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
                for n, s in bundles.items()]
 
     def predict(image, model=None):
@@ -208,9 +176,12 @@ def keep_delete_cache_alive():
     """Work around Gradio 6.31.0: delete_cache's clean-up pass walks the set of uploads in a
     worker thread while new uploads are added to it, and the first "RuntimeError: Set changed
     size during iteration" ends the clean-up for good, so uploads pile up on disk under steady
-    traffic (scripts/soak.py shows it). Retry the pass instead."""
+    traffic (scripts/soak.py shows it). Retry the pass instead. Applied to 6.31.0 only: any
+    other version runs as it is (check scripts/soak.py's upload count before pinning it)."""
     from gradio import route_utils
 
+    if gr.__version__ != "6.31.0" or getattr(route_utils.delete_files_created_by_app, "retrying", False):
+        return
     delete = route_utils.delete_files_created_by_app
 
     def delete_retrying(blocks, age):
@@ -220,21 +191,31 @@ def keep_delete_cache_alive():
             except RuntimeError:  # an upload arrived during the pass
                 continue
 
+    delete_retrying.retrying = True
     route_utils.delete_files_created_by_app = delete_retrying
+    log.info("gradio %s: delete_cache clean-up patched to retry (see keep_delete_cache_alive)",
+             gr.__version__)
 
 
-def main():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def load_or_exit(model_repo):
+    """load_bundles, or one line on stderr naming the failed check and exit status 2."""
     try:
-        bundles = load_bundles(os.environ.get("MODEL_REPO") or DEFAULT_MODELS)
+        return load_bundles(model_repo)
     except BundleError as e:
         print(f"error: cannot start: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+BUNDLES = load_or_exit(os.environ.get("MODEL_REPO") or DEFAULT_MODELS)
+demo = build_demo(BUNDLES)
+keep_delete_cache_alive()
+
+
+def main():
     # show_error=False: clients see gr.Error messages (ours, all written for users), never
     # the text of an unexpected exception, which could name server paths.
-    keep_delete_cache_alive()
-    build_demo(bundles).launch(max_file_size=MAX_FILE_SIZE, show_error=False,
-                               state_session_capacity=SESSIONS)
+    demo.launch(max_file_size=MAX_FILE_SIZE, show_error=False, state_session_capacity=SESSIONS)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 def serve_floor():
     """The no-op app: app.py's own page, components, queue and launch settings, with its
     predict replaced by one that returns a constant gr.Label value (no decoding, no model)."""
-    import app
+    import app  # builds app.demo from MODEL_REPO, as `python app.py` does
 
-    bundles = app.load_bundles(os.environ["MODEL_REPO"])
-    texts = next(iter(bundles.values())).texts
-    demo = app.build_demo(bundles)
+    texts = next(iter(app.BUNDLES.values())).texts
+    demo = app.demo
     fn = next(f for f in demo.fns.values() if f.api_name == "predict")
     fn.fn = lambda image, model=None: {t: 1 / len(texts) for t in texts}
     app.keep_delete_cache_alive()
@@ -72,7 +71,7 @@ def serve_batched(max_batch):
     behind app.py's choice not to batch (see README, Performance)."""
     import app
 
-    demo = app.build_demo(app.load_bundles(os.environ["MODEL_REPO"]))
+    demo = app.demo
     fn = next(f for f in demo.fns.values() if f.api_name == "predict")
     single = fn.fn
     fn.fn = lambda images, models: [[single(im, m) for im, m in zip(images, models)]]
@@ -86,9 +85,9 @@ def write_anchor_bundle(folder, template, size):
     (a real bundle) with the model, input size and metrics replaced."""
     import keras
 
-    from training.bundle import sha256, write_json
+    from lungclf.bundle import sha256, write_json
+    from lungclf.schema import preprocessing
     from training.model import seed
-    from training.preprocess import spec
 
     classes = json.load(open(os.path.join(template, "classes.json")))
     meta = json.load(open(os.path.join(template, "metadata.json")))
@@ -97,7 +96,7 @@ def write_anchor_bundle(folder, template, size):
     path = os.path.join(folder, "model.keras")
     model.save(path)
     meta.update(name="anchor", description="seed architecture, random weights: a speed anchor only",
-                preprocessing=spec(size))
+                preprocessing=preprocessing(size, "rgb"))
     meta["model"] = {"architecture": "seed", "width": 0, "parameters": int(model.count_params()),
                      "file": "model.keras", "sha256": sha256(path), "bytes": os.path.getsize(path)}
     meta["metrics"]["test"].update(accuracy=0.0, macro_f1=0.0)
@@ -235,15 +234,15 @@ def concurrent(url, image, clients, per_client):
 
 def forward_ms(bundle_folder, n):
     """p50 of the bare compiled forward pass, batch of 1, as app.py calls it."""
-    import app
-    from training.bundle import load
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
 
-    served = app.Served(load(bundle_folder))
+    served = Classifier(load(bundle_folder))
     x = np.random.default_rng(0).uniform(0, 255, (1, served.size, served.size, 3)).astype(np.float32)
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        served.forward(x).numpy()
+        served.forward(x)[0].numpy()
         times.append(time.perf_counter() - t)
     return 1000 * float(np.median(times))
 

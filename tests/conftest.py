@@ -63,6 +63,13 @@ def make_dataset(root, per_class=16, layout="folders", duplicates=0):
     return root
 
 
+def temperature_scaled(probs, temperature):
+    """Softmax outputs rescaled by a temperature, worked out independently of lungclf:
+    softmax(z / T) is proportional to softmax(z) ** (1 / T)."""
+    p = np.asarray(probs, np.float64) ** (1.0 / temperature)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
 def label_id(text):
     """The class id in a label text like "Adenocarcinoma (lung) (lung_aca)"."""
     return text.rsplit("(", 1)[1].rstrip(")") if text.endswith(")") else text
@@ -154,15 +161,14 @@ def default_server():
 def committed_model_predict():
     """The committed model called directly, as the app should: image path -> {label id:
     calibrated probability}. Clients of the running app must give the same answer."""
-    from training.bundle import load
-    from training.evaluate import calibrate
-    from training.preprocess import load_image
+    from lungclf.bundle import load
+    from lungclf.preprocess import load_image
 
     bundle = load(COMMITTED_MODEL)
 
     def predict(path):
         x = load_image(path, bundle.input_size)[None]
-        probs = calibrate(np.asarray(bundle.model(x, training=False)), bundle.temperature)[0]
+        probs = temperature_scaled(bundle.model(x, training=False), bundle.temperature)[0]
         return dict(zip(bundle.labels, probs.tolist()))
 
     predict.bundle = bundle

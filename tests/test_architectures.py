@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, free_port
-from training.evaluate import VIEWS, predict, tta_mean, tta_views
+from lungclf.inference import VIEWS, predict_logits, softmax, tta_mean, tta_views
 from training.model import ARCHITECTURES, build
 
 
@@ -102,9 +102,10 @@ def test_tta_averages_each_image_over_its_views():
     out = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(left))
     model = keras.Model(inputs, out)
     x = np.random.default_rng(1).uniform(0, 1, (3, 4, 4, 1)).astype(np.float32)
-    plain, mirrored = predict(model, x), predict(model, x[:, :, ::-1])
-    np.testing.assert_allclose(predict(model, x, views=["identity", "flip_lr"]), (plain + mirrored) / 2,
-                               atol=1e-6)
+    plain, mirrored = predict_logits(model, x), predict_logits(model, x[:, :, ::-1])
+    assert np.abs(plain - mirrored).max() > 0.01  # the views really differ
+    np.testing.assert_allclose(predict_logits(model, x, views=["identity", "flip_lr"]), (plain + mirrored) / 2,
+                               atol=1e-5)
     assert tta_mean(np.ones((6, 2)), 2).shape == (3, 2)
 
 
@@ -153,19 +154,22 @@ def test_app_with_tta_on_answers_with_the_views_averaged(tiny_bundle, tmp_path):
     """TTA=1: the running app's answer is the bundle's views averaged and calibrated."""
     from gradio_client import Client, handle_file
 
-    from tests.conftest import AppServer, blob_image, label_id
-    from training.bundle import load
-    from training.evaluate import bundle_tta, calibrate
-    from training.preprocess import load_image
+    from lungclf.bundle import load
+    from lungclf.preprocess import load_image
+    from tests.conftest import AppServer, blob_image, label_id, temperature_scaled
 
     path = str(tmp_path / "green-red.png")  # half and half: mirroring changes what a model sees
     halves = [np.asarray(blob_image(c, 11, size=64))[:, :32] for c in ("green", "red")]
     Image.fromarray(np.concatenate(halves, axis=1)).save(path)
     b = load(tiny_bundle["out"])
-    views, temperature = bundle_tta(b.metadata)
+    views, temperature = b.meta.tta.views, b.meta.tta.temperature or b.temperature
     x = load_image(path, b.input_size)[None]
-    expected = dict(zip(b.labels, calibrate(predict(b.model, x, views=views), temperature)[0]))
-    plain = dict(zip(b.labels, calibrate(predict(b.model, x), b.temperature)[0]))
+    # The mean of the views' logits is the log of the geometric mean of their probabilities.
+    per_view = np.stack([np.asarray(b.model(np.ascontiguousarray(v), training=False), np.float64)
+                         for v in (x, x[:, :, ::-1])])
+    geo = np.exp(np.log(per_view).mean(axis=0))
+    expected = dict(zip(b.labels, temperature_scaled(geo / geo.sum(), temperature)[0]))
+    plain = dict(zip(b.labels, temperature_scaled(b.model(x, training=False), b.temperature)[0]))
     server = AppServer({"MODEL_REPO": tiny_bundle["out"], "TTA": "1"})
     try:
         result = Client(server.url, verbose=False).predict(handle_file(path), api_name="/predict")

@@ -3,7 +3,7 @@
 scripts/client.py (gradio_client), scripts/client.mjs (@gradio/client in Node) and the
 README's Python snippet and curl recipe run as a user runs them, against `python app.py`
 on 127.0.0.1, and must give the label and confidences that calling the committed model
-directly on the same image gives (training.bundle.load + training.preprocess.load_image).
+directly on the same image gives (lungclf.bundle.load + lungclf.preprocess.load_image).
 The README snippets are read out of README.md, so the README stays true.
 
     python -m pytest tests/test_clients.py -m slow

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from training.data import load_images, scan
-from training.preprocess import ImageError, load_image, read_rgb
+from lungclf.preprocess import ImageError, load_image, read_rgb
 
 SIZE = 32
 
@@ -90,15 +90,14 @@ def test_app_through_gradio_sees_the_tensor_training_sees(tmp_path, tiny_bundle,
     import keras
     from gradio_client import Client, handle_file
 
-    from tests.conftest import label_id
-    from training.evaluate import calibrate
+    from tests.conftest import label_id, temperature_scaled
 
     names = write_variants(tmp_path / "x")
     items = scan(str(tmp_path))
     x, kept, _ = load_images(str(tmp_path), items, SIZE, progress=False)
     model = keras.saving.load_model(os.path.join(tiny_bundle["out"], "model.keras"), safe_mode=True)
     temperature = tiny_bundle["meta"]["calibration"]["temperature"]
-    expected = calibrate(np.asarray(model(x.astype(np.float32), training=False)), temperature)
+    expected = temperature_scaled(model(x.astype(np.float32), training=False), temperature)
     labels = tiny_bundle["meta"]["classes"]
     client = Client(tiny_server.url, verbose=False)
     for it, probs in zip(kept, expected):

@@ -107,7 +107,7 @@ def test_tissue_augmentation_changes_colour_and_orientation():
 @pytest.mark.parametrize("layout", ["folders", "split"])
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_preset_trains_end_to_end(name, layout, tmp_path):
-    from training.bundle import load
+    from lungclf.bundle import load
     from training.train import main
 
     data = make_preset_dataset(str(tmp_path / "data"), name, layout)
@@ -131,7 +131,7 @@ def test_preset_trains_end_to_end(name, layout, tmp_path):
 @pytest.mark.slow
 def test_a_grey_preset_model_sees_only_luminance(tmp_path):
     """A colour cast or an RGB-vs-grey file cannot change what a CT model answers."""
-    from training.bundle import load
+    from lungclf.bundle import load
     from training.train import main
 
     data = make_preset_dataset(str(tmp_path / "data"), "iq-othnccd", "folders")

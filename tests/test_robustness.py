@@ -3,7 +3,7 @@
 The corpus is made here: valid images in odd forms (16-bit, grey, CMYK, palette, animated,
 multi-page, WebP, BMP, EXIF-rotated, large JPEG), and bad files (empty, text, PDF, SVG,
 EPS, random bytes, truncated, decompression bombs, too small). Fast tests run the corpus
-through `training.preprocess`; slow ones send it through `gradio_client` to a running
+through `lungclf.preprocess`; slow ones send it through `gradio_client` to a running
 `python app.py`, flood a server whose queue holds two, and try to read server files
 through Gradio's file route.
 """
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, AppServer, blob_image, label_id
-from training.preprocess import ImageError, load_image
+from lungclf.preprocess import ImageError, load_image
 
 SIZE = 32
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from training.bundle import load, verify
+from lungclf.bundle import load, verify
 from training.data import scan
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_bundle_loads_in_safe_mode(tiny_bundle):
 
 def test_no_exact_duplicate_crosses_the_split(tiny_bundle):
     """Copies are removed and the split is by group, so no file's bytes are on two sides."""
-    from training.bundle import sha256
+    from lungclf.bundle import sha256
 
     meta = tiny_bundle["meta"]
     assert meta["audit"]["exact_duplicate_groups"] == 3  # one per class, made by the test

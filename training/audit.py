@@ -45,7 +45,7 @@ from scipy.sparse.csgraph import connected_components
 
 from training import split as splitting
 from training.data import scan
-from training.preprocess import ImageError, open_image, read_rgb, to_rgb
+from lungclf.preprocess import ImageError, open_image, read_rgb, to_rgb
 
 # The method's settings, chosen by measurement (scripts/check_tile_groups.py and the CT sets).
 WORK_SIDE = 160  # pixels: images are shrunk to this before describing them

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
+from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
 
 SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 

@@ -6,9 +6,9 @@ Prints scikit-learn's classification report and writes metrics.json and a
 confusion-matrix figure to --out. The images go through the same preprocessing as in
 training and in the app. Class folders must use the bundle's label names.
 
---tta adds test-time augmentation: the model's probabilities over the bundle's views
-(flips and quarter turns for tissue, left-right mirror for CT) are averaged, and the
-report gives the figures with and without it.
+--tta adds test-time augmentation: the model's logits over the bundle's views (flips and
+quarter turns for tissue, left-right mirror for CT) are averaged and calibrated with the
+temperature fitted for them; the report gives the figures with and without it.
 """
 
 import argparse
@@ -17,26 +17,27 @@ import os
 
 import numpy as np
 
-# scikit-learn is imported where metrics are computed, not here: app.py imports this module
-# for calibrate() and should not pay for scikit-learn at start-up.
+from lungclf.inference import calibrate, predict_logits
 
 
-def calibrate(probs, temperature):
-    """Temperature scaling applied to probabilities: softmax(log(p) / T)."""
-    logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logp -= logp.max(axis=-1, keepdims=True)
-    p = np.exp(logp)
-    return p / p.sum(axis=-1, keepdims=True)
+def fit_temperature(logits, y):
+    """The temperature T > 0 that minimises the negative log-likelihood of softmax(logits / T)
+    on the labels y (Guo et al. 2017), found by a bounded scalar search on log T."""
+    from scipy.optimize import minimize_scalar
 
+    logits, y = np.asarray(logits, np.float64), np.asarray(y)
+    if not len(y):
+        return 1.0
 
-def fit_temperature(probs, y):
-    """The temperature that minimises the negative log-likelihood on (probs, y)."""
-    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 200))
-    nll = [-np.log(calibrate(probs, t)[np.arange(len(y)), y] + 1e-12).mean() for t in grid]
-    return float(grid[int(np.argmin(nll))])
+    def nll(log_t):
+        return -np.log(calibrate(logits, np.exp(log_t))[np.arange(len(y)), y] + 1e-300).mean()
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                                        options={"xatol": 1e-5}).x))
 
 
 def expected_calibration_error(probs, y, bins=10):
+    """ECE: the bin-weighted gap between confidence and accuracy over `bins` equal-width bins."""
     conf, pred = probs.max(1), probs.argmax(1)
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
@@ -45,50 +46,6 @@ def expected_calibration_error(probs, y, bins=10):
         if m.any():
             ece += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
     return float(ece)
-
-
-# Test-time augmentation views of a batch (N, H, W, C) of square images.
-VIEWS = {
-    "identity": lambda a: a,
-    "flip_lr": lambda a: a[:, :, ::-1],
-    "flip_ud": lambda a: a[:, ::-1],
-    "rot90": lambda a: np.rot90(a, 1, axes=(1, 2)),
-    "rot180": lambda a: np.rot90(a, 2, axes=(1, 2)),
-    "rot270": lambda a: np.rot90(a, 3, axes=(1, 2)),
-    "transpose": lambda a: a.transpose(0, 2, 1, 3),
-    "transverse": lambda a: np.rot90(a, 2, axes=(1, 2)).transpose(0, 2, 1, 3),
-}
-
-
-def tta_views(x, views):
-    """The batch x under each named view, stacked view after view: (len(views) * N, ...)."""
-    unknown = [v for v in views if v not in VIEWS]
-    if unknown:
-        raise ValueError(f"unknown test-time augmentation views {unknown}; known: {list(VIEWS)}")
-    return np.concatenate([np.ascontiguousarray(VIEWS[v](x)) for v in views])
-
-
-def tta_mean(probs, n_views):
-    """Average the probabilities of tta_views' stacked output back to one row per image."""
-    return probs.reshape(n_views, -1, probs.shape[-1]).mean(axis=0)
-
-
-def predict(model, x, batch_size=64, views=None):
-    """Softmax outputs of model on x; with `views`, averaged over those TTA views."""
-    if views:
-        return np.concatenate([tta_mean(predict(model, tta_views(x[i:i + batch_size], views),
-                                                batch_size * len(views)), len(views))
-                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
-    return np.concatenate([np.asarray(model(x[i:i + batch_size].astype(np.float32), training=False))
-                           for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0))
-
-
-def bundle_tta(metadata):
-    """(views, temperature) for test-time augmentation with a bundle: its own views and the
-    temperature fitted for them, else a left-right mirror and its plain temperature."""
-    tta = metadata.get("tta") or {}
-    plain = metadata.get("calibration", {}).get("temperature", 1.0)
-    return tta.get("views") or ["identity", "flip_lr"], float(tta.get("temperature") or plain)
 
 
 def metrics(probs, y, labels):
@@ -140,19 +97,19 @@ def main():
     for path, why in bad:
         print(f"skipped {path}: {why}")
     y = np.array([b.labels.index(it.label) for it in kept])
-    probs = calibrate(predict(b.model, x), b.temperature)
+    probs = calibrate(predict_logits(b.model, x), b.temperature)
     print(classification_report(y, probs.argmax(1), labels=list(range(len(b.labels))),
                                 target_names=b.labels, digits=4, zero_division=0))
     m = metrics(probs, y, b.labels)
     print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
           f"on {len(y)} images")
     if args.tta:
-        views, t = bundle_tta(b.metadata)
-        probs = calibrate(predict(b.model, x, views=views), t)
-        m["tta"] = metrics(probs, y, b.labels) | {"views": views}
+        views, t = b.meta.tta.views, b.meta.tta.temperature or b.temperature
+        tta_probs = calibrate(predict_logits(b.model, x, views=views), t)
+        m["tta"] = metrics(tta_probs, y, b.labels) | {"views": views}
         print(f"with TTA ({len(views)} views): accuracy {m['tta']['accuracy']:.4f}  "
               f"macro-F1 {m['tta']['macro_f1']:.4f}  ECE {m['tta']['ece']:.4f}")
-    if args.out:
+    if args.out:  # the confusion matrix shows the plain figures, as metrics.json's top level does
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "metrics.json"), "w") as f:
             json.dump(m, f, indent=2)

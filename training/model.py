@@ -9,7 +9,7 @@
     seed       the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
                the speed and size anchor for scripts/benchmark_serving.py
 
-Inputs are float32 images with values 0..255 (see training.preprocess); the model scales
+Inputs are float32 images with values 0..255 (see lungclf.preprocess); the model scales
 them itself. With colour_mode="grey" a fixed (non-trainable) 1x1 convolution first turns
 the image into its luminance, repeated on three channels, so colour cannot matter.
 

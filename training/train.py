@@ -26,7 +26,7 @@ import numpy as np
 
 from training import audit, presets, tracking
 from training.model import ARCHITECTURES, DEFAULT_WIDTH
-from training.preprocess import spec as preprocess_spec
+from lungclf import schema
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,10 +75,11 @@ def train(args):
     import tensorflow as tf
 
     from training import plots
-    from training.bundle import SCHEMA, sha256, write_json
+    from lungclf.bundle import sha256, write_json
+    from lungclf.inference import calibrate, predict_logits
     from training.card import render
     from training.data import Item, load_images, scan
-    from training.evaluate import calibrate, fit_temperature, metrics, predict
+    from training.evaluate import fit_temperature, metrics
     from training.model import build
     from training.split import fingerprint
 
@@ -184,19 +185,19 @@ def train(args):
         os.remove(ckpt)
     train_seconds = time.time() - t0
 
-    val_probs = predict(model, x[va]) if va.any() else None
-    temperature = fit_temperature(val_probs, y[va]) if va.any() else 1.0
-    probs = calibrate(predict(model, x[te]), temperature)
+    val_logits = predict_logits(model, x[va])
+    temperature = fit_temperature(val_logits, y[va]) if va.any() else 1.0
+    probs = calibrate(predict_logits(model, x[te]), temperature)
     test = metrics(probs, y[te], labels)
-    val = metrics(calibrate(val_probs, temperature), y[va], labels) if va.any() else {}
+    val = metrics(calibrate(val_logits, temperature), y[va], labels) if va.any() else None
     print(f"held-out test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
           f"on {test['images']} images; temperature {temperature:.3f}")
     tta = {"views": pre["tta_views"]}
     test_tta = None
     if args.tta:
         views = pre["tta_views"]
-        tta["temperature"] = fit_temperature(predict(model, x[va], views=views), y[va]) if va.any() else 1.0
-        test_tta = metrics(calibrate(predict(model, x[te], views=views), tta["temperature"]), y[te], labels)
+        tta["temperature"] = fit_temperature(predict_logits(model, x[va], views=views), y[va]) if va.any() else 1.0
+        test_tta = metrics(calibrate(predict_logits(model, x[te], views=views), tta["temperature"]), y[te], labels)
         print(f"held-out test with TTA ({len(views)} views): accuracy {test_tta['accuracy']:.4f}, "
               f"macro-F1 {test_tta['macro_f1']:.4f}")
 
@@ -214,14 +215,14 @@ def train(args):
                "descriptions": {lab: presets.class_description(lab) for lab in labels}}
     rows = [(it.path, it.label, g, s) for it, g, s in zip(kept, groups, split)]  # the images used
     meta = {
-        "schema": SCHEMA,
+        "schema": schema.SCHEMA,
         "name": name,
         "description": f"A {arch} CNN that sorts {pre['modality']} images into "
                        f"{len(labels)} classes, trained on {pre['dataset_name']}.",
         "task": {"type": "image-classification", "modality": pre["modality"]},
         "preset": args.preset,
         "notes": args.notes or "",
-        "preprocessing": preprocess_spec(size, pre["colour_mode"]),
+        "preprocessing": schema.preprocessing(size, pre["colour_mode"]),
         "tta": tta,
         "model": {"architecture": arch, "width": width, "initial_weights": args.weights or "random",
                   "parameters": int(model.count_params()),
@@ -238,7 +239,7 @@ def train(args):
                   "seed": args.seed, "fractions": {"val": args.val_fraction, "test": args.test_fraction},
                   "fingerprint": fingerprint(rows), "counts": counts}
         | {k: split_info[k] for k in ("published_leaks", "warning") if k in split_info},
-        "metrics": {"test": test, "val": val} | ({"test_tta": test_tta} if test_tta else {}),
+        "metrics": {"test": test} | ({"val": val} if val else {}) | ({"test_tta": test_tta} if test_tta else {}),
         "cross_validation": getattr(args, "cross_validation", None),
         "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
         "training": {"command": "python -m training.train " + shlex.join(args.argv),

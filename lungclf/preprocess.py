@@ -1,16 +1,17 @@
 """The one path from an image file to the model's input tensor.
 
-Training (`training.data`) and the app (`app.py`) both call `load_image`, so what the
-model sees at serving time is what it saw in training: same decoder, same EXIF rotation,
-same handling of alpha, grey, palette and 16-bit images, same resize.
+Training (`training.data`) and the app (`app.py`, through lungclf.inference) both call
+`load_image`, so what the model sees at serving time is what it saw in training: same
+decoder, same EXIF rotation, same handling of alpha, grey, palette and 16-bit images,
+same resize (the bundle schema's preprocessing.resize = "squash-area-down-linear-up").
 
-    from training.preprocess import load_image
+    from lungclf.preprocess import load_image
     x = load_image("tile.jpeg", size=128)   # float32, (128, 128, 3), values 0..255
 
 Scaling to the network's range happens inside the model (a Rescaling layer), so the
 bundle carries it and no client has to know it.
 
-Run `python -m training.preprocess IMAGE` to print what an image decodes to.
+Run `python -m lungclf.preprocess IMAGE` to print what an image decodes to.
 """
 
 import io
@@ -38,23 +39,6 @@ DAMAGED = "The image file is damaged or truncated and cannot be decoded."
 
 class ImageError(ValueError):
     """An input that is not a usable image; the message is safe to show a user."""
-
-
-def spec(size, colour_mode="rgb"):
-    """The preprocessing spec stored in a bundle's metadata.json (timm-style fields)."""
-    return {
-        "input_size": [size, size, 3],
-        "colour_mode": colour_mode,
-        "decoder": "Pillow (JPEG PNG BMP WebP TIFF GIF), first frame, EXIF orientation "
-                   "applied; large JPEGs DCT-downscaled (Pillow draft) to no less than input_size",
-        "alpha": "composited over black",
-        "grey": "replicated to 3 channels",
-        "sixteen_bit": "divided by 257 to 8 bit",
-        "resize": "squash to input_size, cv2.INTER_AREA down / cv2.INTER_LINEAR up",
-        "dtype": "float32",
-        "value_range": [0, 255],
-        "scaling": "inside the model: Rescaling(1/255)",
-    }
 
 
 def open_image(source):

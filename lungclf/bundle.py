@@ -1,19 +1,27 @@
 """The model bundle: the folder that training writes and the app serves.
 
     model.keras     Keras 3 native format, loadable with safe_mode=True
-    classes.json    {"labels": [...], "names": {label: readable name}}
-    metadata.json   schema, preprocessing spec, data and split summary, metrics,
-                    calibration temperature, library versions, sha256 of model.keras
+    classes.json    labels, and a readable name and description per label
+    metadata.json   the contract of lungclf/schema.py: schema version, typed preprocessing,
+                    task, data and split summary, held-out metrics, calibration, TTA views,
+                    library versions, sha256 of model.keras
     README.md       the model card (training.card)
     figures/        confusion matrix, training curves, reliability diagram
+    examples/       optional: a few images from the bundle's own held-out test split
 
 `resolve` turns a MODEL_REPO entry (a folder, or a Hub repo id with optional @revision)
 into a local folder, pulling only the bundle's files of that revision from the Hub (or,
-when the Hub cannot be reached, from the cache, saying so); `verify` checks a folder
-before anything is loaded from it; `load` does both and returns a ready Bundle. Every
-refusal is a BundleError whose message says which check failed.
+when the Hub cannot be reached, from the cache, saying so); `verify` checks every field
+the app reads and the sha256 before anything is loaded; `load` also loads the model in
+Keras safe mode and checks its input and output shapes against the metadata. Every
+refusal is a BundleError whose one-line message names the bundle and the failed check.
 
-    python -m training.bundle FOLDER_OR_REPO[@REVISION]   # verify and print a summary
+The sha256 catches a damaged or truncated model.keras, not tampering: whoever can replace
+model.keras can edit metadata.json too. What you pull is fixed only by a commit sha
+(owner/name@<commit>); a Hub tag or branch can be moved.
+
+    python -m lungclf.bundle FOLDER_OR_REPO[@REVISION]   # verify, load and print a summary
+    python -m lungclf.bundle --upgrade FOLDER            # rewrite an older metadata.json
 """
 
 import argparse
@@ -23,7 +31,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-SCHEMA = "lung-classifier-bundle/1"
+from lungclf import import_keras, schema
 FILES = ("model.keras", "classes.json", "metadata.json", "README.md")
 ALLOW_PATTERNS = ["model.keras", "classes.json", "metadata.json", "README.md", "figures/*",
                   "examples/*"]
@@ -54,7 +62,10 @@ def resolve(spec):
     repo_id, _, revision = spec.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise BundleError(f"{spec}: not a folder, and not a Hub repo id like owner/name[@revision]")
-    return pull(repo_id, revision or None, spec)
+    try:
+        return pull(repo_id, revision or None, spec)
+    except BundleError as e:  # a mistyped relative folder looks like a repo id too
+        raise BundleError(f"{e}; no folder {os.path.abspath(spec)} on disk either") from None
 
 
 def pull(repo_id, revision=None, spec=None):
@@ -111,20 +122,34 @@ def pull(repo_id, revision=None, spec=None):
 
 @dataclass
 class Bundle:
+    """A verified, loaded bundle: the Keras model and its typed metadata and classes."""
+
     name: str
     folder: str
     model: object
-    labels: list
-    names: dict
-    metadata: dict
+    meta: schema.Metadata
+    classes: schema.Classes
+
+    @property
+    def labels(self):
+        return self.classes.labels
+
+    @property
+    def names(self):
+        return self.classes.names
+
+    @property
+    def metadata(self):
+        """metadata.json as a dict (in the current schema), for the card and reports."""
+        return self.meta.raw
 
     @property
     def input_size(self):
-        return int(self.metadata["preprocessing"]["input_size"][0])
+        return self.meta.preprocessing.size
 
     @property
     def temperature(self):
-        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+        return self.meta.calibration.temperature
 
 
 def _read_json(folder, name, spec):
@@ -136,37 +161,56 @@ def _read_json(folder, name, spec):
 
 
 def verify(folder, spec=None):
-    """Check a bundle folder without loading the model: files, schema, sha256.
-    Returns (metadata, classes)."""
+    """Check a bundle folder without loading the model: files, every metadata field the app
+    reads (lungclf.schema), classes, sha256 of model.keras. Returns (Metadata, Classes)."""
     spec = spec or folder
     missing = [f for f in FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise BundleError(f"{spec}: not a model bundle, missing {', '.join(missing)}")
-    meta = _read_json(folder, "metadata.json", spec)
-    classes = _read_json(folder, "classes.json", spec)
-    if meta.get("schema") != SCHEMA:
-        raise BundleError(f"{spec}: metadata schema is {meta.get('schema')!r}, expected {SCHEMA!r}")
     try:
-        size = meta["preprocessing"]["input_size"]
-        labels = classes["labels"]
-        expected = meta["model"]["sha256"]
-        assert isinstance(labels, list) and labels and len(size) == 3
-    except (KeyError, TypeError, AssertionError):
-        raise BundleError(f"{spec}: metadata.json or classes.json lacks required fields") from None
+        raw = _read_json(folder, "metadata.json", spec)
+        old = raw.get("schema") if isinstance(raw, dict) else None
+        meta = schema.parse_metadata(raw)
+    except schema.SchemaError as e:
+        raise BundleError(f"{spec}: metadata.json: {e}") from None
+    if old != schema.SCHEMA:
+        log.warning("%s: metadata.json is schema %s, read as %s (python -m lungclf.bundle --upgrade "
+                    "FOLDER rewrites it)", spec, old, schema.SCHEMA)
+    try:
+        classes = schema.parse_classes(_read_json(folder, "classes.json", spec), meta)
+    except schema.SchemaError as e:
+        raise BundleError(f"{spec}: classes.json: {e}") from None
     actual = sha256(os.path.join(folder, "model.keras"))
-    if actual != expected:
+    if actual != meta.model.sha256:
         raise BundleError(
             f"{spec}: sha256 of model.keras does not match metadata.json "
-            f"(expected {expected[:12]}..., got {actual[:12]}...); refusing to load it"
+            f"(expected {meta.model.sha256[:12]}..., got {actual[:12]}...); refusing to load it"
         )
     return meta, classes
+
+
+def check_model(model, meta, spec):
+    """The model's input and output shapes against the metadata: one image input of
+    preprocessing.input_size, one output with a value per class."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise BundleError(f"{spec}: model.keras: expected one input and one output, got "
+                          f"{len(model.inputs)} and {len(model.outputs)}")
+    want = tuple(meta.preprocessing.input_size)
+    got = tuple(model.inputs[0].shape[1:])
+    if got != want:
+        raise BundleError(f"{spec}: model.keras: input shape {list(got)} does not match "
+                          f"metadata.json preprocessing.input_size {list(want)}")
+    n_out = tuple(model.outputs[0].shape[1:])
+    if n_out != (len(meta.classes),):
+        raise BundleError(f"{spec}: model.keras: output shape {list(n_out)} does not match the "
+                          f"{len(meta.classes)} classes of classes.json")
 
 
 def load(spec):
     """Resolve, verify and load one bundle; the model loads with safe_mode=True."""
     folder = resolve(spec)
     meta, classes = verify(folder, spec)
-    import keras
+    keras = import_keras()
 
     try:
         model = keras.saving.load_model(os.path.join(folder, "model.keras"), safe_mode=True,
@@ -174,12 +218,8 @@ def load(spec):
     except Exception as e:  # Lambda layers, unknown classes, a damaged zip ...
         reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise BundleError(f"{spec}: model.keras refused by Keras safe mode loading: {reason}") from None
-    labels = classes["labels"]
-    n_out = model.outputs[0].shape[-1]
-    if n_out != len(labels):
-        raise BundleError(f"{spec}: model has {n_out} outputs but classes.json has {len(labels)} labels")
-    name = meta.get("name") or os.path.basename(os.path.normpath(spec))
-    return Bundle(name, folder, model, labels, classes.get("names", {}), meta)
+    check_model(model, meta, spec)
+    return Bundle(meta.name or os.path.basename(os.path.normpath(spec)), folder, model, meta, classes)
 
 
 def write_json(path, obj):
@@ -188,17 +228,36 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def upgrade(folder):
+    """Rewrite FOLDER/metadata.json in the current schema (lungclf.schema.migrate)."""
+    path = os.path.join(folder, "metadata.json")
+    raw = _read_json(folder, "metadata.json", folder)
+    try:
+        new = schema.migrate(raw)
+        schema.parse_metadata(new)
+    except schema.SchemaError as e:
+        raise BundleError(f"{folder}: metadata.json: {e}") from None
+    write_json(path, new)
+    return raw.get("schema"), new["schema"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="bundle folder or Hub repo id[@revision]")
+    p.add_argument("--upgrade", action="store_true",
+                   help="rewrite the folder's metadata.json in the current schema, then verify it")
     args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
+        if args.upgrade:
+            print("metadata.json: %s -> %s" % upgrade(args.spec))
         b = load(args.spec)
     except BundleError as e:
         raise SystemExit(f"refused: {e}")
-    m = b.metadata.get("metrics", {}).get("test", {})
-    print(f"{b.name}: {len(b.labels)} classes {b.labels}, input {b.input_size}px, "
-          f"held-out accuracy {m.get('accuracy')}, macro-F1 {m.get('macro_f1')}")
+    t = b.meta.metrics.test
+    print(f"{b.name}: {len(b.labels)} classes {b.labels}, input {b.input_size}px "
+          f"{b.meta.preprocessing.colour_mode}, held-out accuracy {t.accuracy:.4f}, "
+          f"macro-F1 {t.macro_f1:.4f} on {t.images} images")
 
 
 if __name__ == "__main__":
