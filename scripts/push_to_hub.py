@@ -5,14 +5,21 @@
         --commit-message "Retrained on more tiles"
 
 What it does, in order, stopping with a clear message at the first problem:
-  1. verifies the bundle as the app will (files, schema version, sha256 of model.keras);
-  2. re-renders the bundle's model card (BUNDLE_DIR/README.md, rewritten in place from
-     metadata.json) so its "How to use" names this repo and tag, and has the Hub
-     validate the card's YAML metadata (ModelCard.validate);
+  1. copies the bundle's files (model.keras, classes.json, metadata.json, README.md,
+     figures/, examples/) into a temporary staging folder and verifies that copy as the
+     app will (files, schema version, sha256 of model.keras);
+  2. renders the model card there (STAGING/README.md, from metadata.json) so its "How to
+     use" names this repo and tag, and has the Hub validate the card's YAML metadata
+     (ModelCard.validate);
   3. creates the repo (and the branch given by --revision) if needed;
-  4. uploads the bundle's files with HfApi.upload_folder (bundle files that are no longer
-     in the folder, e.g. an old figure, are deleted from the repo; other files are kept);
-  5. tags that commit (--tag); an existing tag is never moved, since Spaces pin to it.
+  4. uploads the staging folder with HfApi.upload_folder (bundle files that are no longer
+     in the bundle, e.g. an old figure, are deleted from the repo; other files are kept);
+  5. tags that commit (--tag). The script refuses an existing tag rather than move it, but
+     anyone with write access can move a tag on the Hub; a commit sha cannot be moved, so
+     pin `MODEL_REPO=OWNER/NAME@<commit sha>` (printed at the end) for anything that matters.
+
+BUNDLE_DIR itself is only read: publishing leaves every file in it byte-identical, so a
+committed bundle (models/*/) is not changed by publishing it.
 
 The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
 HF_ENDPOINT selects another Hub (the tests use tests/local_hub.py). Then serve it with
@@ -20,13 +27,16 @@ HF_ENDPOINT selects another Hub (the tests use tests/local_hub.py). Then serve i
 """
 
 import argparse
+import fnmatch
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.bundle import ALLOW_PATTERNS, BundleError, verify  # noqa: E402
+from lungclf.bundle import ALLOW_PATTERNS, BundleError, verify  # noqa: E402
 
 
 def fail(message):
@@ -34,7 +44,27 @@ def fail(message):
     raise SystemExit(1)
 
 
+def stage(bundle, staging):
+    """Copy the bundle's files (those ALLOW_PATTERNS names) from `bundle` into `staging`,
+    keeping their relative paths; the source folder is only read."""
+    for folder, dirs, files in os.walk(bundle):
+        dirs.sort()
+        for name in sorted(files):
+            source = os.path.join(folder, name)
+            rel = os.path.relpath(source, bundle).replace(os.sep, "/")
+            if os.path.islink(source) or not any(fnmatch.fnmatch(rel, p) for p in ALLOW_PATTERNS):
+                continue
+            target = os.path.join(staging, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(source, target)
+
+
 def publish(args):
+    with tempfile.TemporaryDirectory(prefix="push-to-hub-") as staging:
+        return _publish(args, staging)
+
+
+def _publish(args, staging):
     from huggingface_hub import HfApi, ModelCard, constants, get_token
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -45,11 +75,12 @@ def publish(args):
         fail("no Hugging Face token: set HF_TOKEN to a token with write access, or run "
              "`hf auth login`")
     try:
-        meta, classes = verify(args.bundle)
+        stage(args.bundle, staging)
+        meta, classes = verify(staging, args.bundle)  # what is uploaded is what was checked
     except BundleError as e:
         fail(f"not publishing an invalid bundle: {e}")
-    print(f"verified {args.bundle}: {meta.get('name')}, {len(classes['labels'])} classes, "
-          f"model.keras sha256 {meta['model']['sha256'][:12]}...")
+    print(f"verified {args.bundle}: {meta.name}, {len(classes.labels)} classes, "
+          f"model.keras sha256 {meta.model.sha256[:12]}...")
 
     api = HfApi()
     branch = args.revision or constants.DEFAULT_REVISION
@@ -57,31 +88,34 @@ def publish(args):
     if args.tag:
         try:
             api.repo_info(args.repo_id, revision=args.tag)
-            fail(f"tag {args.tag!r} already exists in {args.repo_id}; tags pin what Spaces "
-                 "serve and are never moved: choose a new tag")
+            fail(f"tag {args.tag!r} already exists in {args.repo_id}; this script never moves a "
+                 "tag (whatever serves it would change model): choose a new tag")
         except (RepositoryNotFoundError, RevisionNotFoundError):
             pass
-    readme = card.write(args.bundle, args.repo_id, pinned)
+    readme = card.write(staging, args.repo_id, pinned)  # the staged copy, never BUNDLE/README.md
     ModelCard.load(readme).validate()
-    print(f"card {readme} names {args.repo_id}{'@' + pinned if pinned else ''}; its metadata "
+    print(f"model card names {args.repo_id}{'@' + pinned if pinned else ''}; its metadata "
           f"passed the Hub's check")
 
     api.create_repo(args.repo_id, private=args.private or None, exist_ok=True)
     if branch != constants.DEFAULT_REVISION:
         api.create_branch(args.repo_id, branch=branch, exist_ok=True)
-    message = args.commit_message or (f"Upload bundle {meta.get('name')} (model.keras sha256 "
-                                      f"{meta['model']['sha256'][:12]})")
-    commit = api.upload_folder(repo_id=args.repo_id, folder_path=args.bundle, revision=branch,
+    message = args.commit_message or (f"Upload bundle {meta.name} (model.keras sha256 "
+                                      f"{meta.model.sha256[:12]})")
+    commit = api.upload_folder(repo_id=args.repo_id, folder_path=staging, revision=branch,
                                commit_message=message, allow_patterns=ALLOW_PATTERNS,
                                delete_patterns=ALLOW_PATTERNS)
     if args.tag:
         api.create_tag(args.repo_id, tag=args.tag, revision=commit.oid,
-                       tag_message=f"bundle {meta.get('name')}")
+                       tag_message=f"bundle {meta.name}")
     spec = f"{args.repo_id}@{pinned or commit.oid}"
     private = api.repo_info(args.repo_id, revision=commit.oid).private
     print(f"published: {endpoint}/{args.repo_id}{' (private)' if private else ''}")
     print(f"commit:    {commit.oid} on {branch}{f', tagged {args.tag}' if args.tag else ''}")
     print(f"serve it:  MODEL_REPO={spec} python app.py")
+    if spec != f"{args.repo_id}@{commit.oid}":
+        print(f"pinned:    MODEL_REPO={args.repo_id}@{commit.oid} python app.py"
+              f"   (a commit cannot be moved; a tag or branch can)")
     return {"commit": commit.oid, "spec": spec}
 
 

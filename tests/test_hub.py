@@ -2,7 +2,7 @@
 with app.py, and refuse what must be refused.
 
 The real huggingface_hub client (in the push script, the app and `python -m
-training.bundle`) talks to tests/local_hub.py on 127.0.0.1 through HF_ENDPOINT; the
+lungclf.bundle`) talks to tests/local_hub.py on 127.0.0.1 through HF_ENDPOINT; the
 Hugging Face cache is a temporary folder (HF_HOME, HF_HUB_CACHE).
 """
 
@@ -41,7 +41,7 @@ def push(bundle, repo_id, *options, env):
 
 def rehash(bundle, **meta_changes):
     """Record model.keras's sha256 (and any metadata changes) in metadata.json, as training does."""
-    from training.bundle import sha256, write_json
+    from lungclf.bundle import sha256, write_json
 
     path = os.path.join(bundle, "metadata.json")
     meta = json.load(open(path))
@@ -140,6 +140,36 @@ def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published
     assert 'snapshot_download("lab/tiny", revision="v1")' in card.text
 
 
+def test_publishing_leaves_the_source_bundle_byte_identical(tiny_bundle, hub, hub_env, tmp_path):
+    """The card is rendered in a staging copy: publishing never edits the bundle folder
+    (for a committed bundle, models/*/README.md would otherwise change on every push)."""
+    import hashlib
+
+    from huggingface_hub import HfApi
+
+    folder = copy_bundle(tiny_bundle, tmp_path / "source")
+    os.makedirs(folder / "examples")
+    blob_image("blue", 7).save(folder / "examples" / "blue.png")
+    (folder / "notes.txt").write_text("not a bundle file: neither uploaded nor touched\n")
+
+    def snapshot():
+        return {os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(
+                    open(os.path.join(d, f), "rb").read()).hexdigest()
+                for d, _, files in os.walk(folder) for f in files}
+
+    before = snapshot()
+    out = push(folder, "lab/untouched", "--tag", "v1", env=hub_env)
+    assert snapshot() == before
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    files = set(api.list_repo_files("lab/untouched", revision="v1"))
+    assert "examples/blue.png" in files and "notes.txt" not in files
+    card = open(api.hf_hub_download("lab/untouched", "README.md", revision="v1"), encoding="utf-8").read()
+    assert 'snapshot_download("lab/untouched", revision="v1")' in card  # the uploaded card names the repo
+    assert 'snapshot_download("lab/untouched"' not in (folder / "README.md").read_text(encoding="utf-8")
+    sha = api.repo_info("lab/untouched", revision="v1").sha
+    assert f"pinned:    MODEL_REPO=lab/untouched@{sha} python app.py" in out
+
+
 def test_app_serves_the_model_pushed_under_a_tag(hub_server, blue):
     assert predict(hub_server.url, blue, "tiny") == "blue"
     assert "serving tiny from lab/tiny@v1" in hub_server.output()
@@ -159,7 +189,7 @@ def test_private_repo_is_served_with_the_token(hub_server, blue):
 
 
 def test_private_repo_without_a_token_is_refused_clearly(published, hub_env):
-    code, out = run(["-m", "training.bundle", "lab/tiny-private@v1"], {**hub_env, "HF_TOKEN": ""})
+    code, out = run(["-m", "lungclf.bundle", "lab/tiny-private@v1"], {**hub_env, "HF_TOKEN": ""})
     assert code != 0
     assert "model repo lab/tiny-private not found" in out and "set HF_TOKEN" in out
     assert "Traceback" not in out
@@ -180,7 +210,7 @@ def test_missing_repo_revision_or_file_gives_a_clear_message(published, hub, hub
         api = HfApi(endpoint=hub.url, token=TOKEN)
         api.create_repo(spec, exist_ok=True)
         api.upload_folder(repo_id=spec, folder_path=folder, commit_message="no metadata")
-    code, out = run(["-m", "training.bundle", spec], hub_env)
+    code, out = run(["-m", "lungclf.bundle", spec], hub_env)
     assert code != 0
     assert message in out and "Traceback" not in out
 
@@ -229,7 +259,7 @@ def test_offline_start_serves_the_cached_snapshot_of_the_same_revision(hub_serve
         server.stop()
     OUTPUTS.append(log)
     assert "cannot be reached" in log and "using the cached snapshot of lab/tiny@v1" in log
-    code, out = run(["-m", "training.bundle", "lab/tiny@v3"], offline)  # a revision never pulled
+    code, out = run(["-m", "lungclf.bundle", "lab/tiny@v3"], offline)  # a revision never pulled
     assert code != 0 and "no cached snapshot of revision 'v3'" in out
 
 
