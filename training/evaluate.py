@@ -81,7 +81,7 @@ def main():
     args = p.parse_args()
 
     from training import plots
-    from training.bundle import BundleError, load
+    from lungclf.bundle import BundleError, load
     from training.data import load_images, scan
 
     try:
