@@ -4,6 +4,8 @@ Training (`training.data`) and the app (`app.py`, through lungclf.inference) bot
 `load_image`, so what the model sees at serving time is what it saw in training: same
 decoder, same EXIF rotation, same handling of alpha, grey, palette and 16-bit images,
 same resize (the bundle schema's preprocessing.resize = "squash-area-down-linear-up").
+DICOM files (.dcm, or the DICM marker) go through lungclf.dicom first: Hounsfield units,
+a lung window, 8-bit grey; from there the same resize.
 
     from lungclf.preprocess import load_image
     x = load_image("tile.jpeg", size=128)   # float32, (128, 128, 3), values 0..255
@@ -27,12 +29,13 @@ MAX_PIXELS = 40_000_000  # a 6,300 x 6,300 image; more is refused as a decompres
 MIN_SIDE = 16  # smaller than this is no image to classify
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard as a second line
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".dcm")
 # The only decoders Pillow may pick (its JPEG one also opens camera MPO files). Everything
 # else it knows (EPS, which runs Ghostscript, PSD, ICO ...) is refused by the header.
 FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-NOT_AN_IMAGE = "This file is not an image we can read. Use JPEG, PNG, BMP, WebP, TIFF or GIF."
+NOT_AN_IMAGE = ("This file is not an image we can read. Use JPEG, PNG, BMP, WebP, TIFF, GIF "
+                "or DICOM.")
 TOO_LARGE = f"The image is too large (more than {MAX_PIXELS:,} pixels)."
 DAMAGED = "The image file is damaged or truncated and cannot be decoded."
 
@@ -115,7 +118,15 @@ def to_rgb(im, size=None):
 
 def read_rgb(source, size=None):
     """Path or bytes -> (H, W, 3) uint8 RGB, with every check; raises ImageError.
-    `size` (the model's input side) lets large JPEGs decode at a reduced scale."""
+    `size` (the model's input side) lets large JPEGs decode at a reduced scale. DICOM is
+    windowed to 8-bit grey by lungclf.dicom."""
+    from lungclf import dicom
+
+    if dicom.is_dicom(source):
+        try:
+            return dicom.read_rgb(source)
+        except dicom.DicomError as e:
+            raise ImageError(str(e)) from None
     im = open_image(source)
     try:
         return to_rgb(im, size)
