@@ -37,13 +37,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 import numpy as np
 
@@ -51,6 +48,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from scripts.app_server import AppServer  # noqa: E402  (the repository root is on sys.path now)
+from scripts.synthetic import tissue_jpeg, write_bundle  # noqa: E402
 
 
 def serve_floor():
@@ -85,90 +85,25 @@ def write_anchor_bundle(folder, template, size):
     (a real bundle) with the model, input size and metrics replaced."""
     import keras
 
-    from lungclf.bundle import sha256, write_json
-    from lungclf.schema import preprocessing
     from training.model import seed
 
     classes = json.load(open(os.path.join(template, "classes.json")))
-    meta = json.load(open(os.path.join(template, "metadata.json")))
-    os.makedirs(folder, exist_ok=True)
-    model = seed(size, len(classes["labels"]))
-    path = os.path.join(folder, "model.keras")
-    model.save(path)
-    meta.update(name="anchor", description="seed architecture, random weights: a speed anchor only",
-                preprocessing=preprocessing(size, "rgb"))
-    meta["model"] = {"architecture": "seed", "width": 0, "parameters": int(model.count_params()),
-                     "file": "model.keras", "sha256": sha256(path), "bytes": os.path.getsize(path)}
-    meta["metrics"]["test"].update(accuracy=0.0, macro_f1=0.0)
-    meta.pop("calibration", None)
-    write_json(os.path.join(folder, "metadata.json"), meta)
-    write_json(os.path.join(folder, "classes.json"), classes)
+    metrics = json.load(open(os.path.join(template, "metadata.json")))["metrics"]
+    metrics["test"].update(accuracy=0.0, macro_f1=0.0)
+    write_bundle(folder, seed(size, len(classes["labels"])), template, "anchor", architecture="seed",
+                 description="seed architecture, random weights: a speed anchor only", metrics=metrics,
+                 calibration={"temperature": 1.0})
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("Speed anchor for scripts/benchmark_serving.py: random weights, no use.\n")
     keras.backend.clear_session()
     return folder
 
 
-def test_image(path, side=224):
-    """A tissue-like JPEG: smooth colour noise, about the size of an LC25000 tile file."""
-    import cv2
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    a = cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), np.uint8), (0, 0), 2)
-    a = np.clip(a.astype(np.float32) * [1.0, 0.6, 1.0] + [40, 0, 60], 0, 255).astype(np.uint8)
-    Image.fromarray(a).save(path, quality=90)
+def write_tile(path):
+    """A tissue-like 224 x 224 JPEG (scripts.synthetic.tissue_jpeg) written to `path`."""
+    with open(path, "wb") as f:
+        f.write(tissue_jpeg(0))
     return path
-
-
-class Server:
-    """A server process on a free port, timed from its start."""
-
-    def __init__(self, cmd, env):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = tempfile.TemporaryFile("w+")
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={
-            **os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1",
-            "GRADIO_SERVER_PORT": str(self.port)})
-
-    def first_answer(self, image, timeout=180):
-        """Seconds from process start to the first answered prediction."""
-        from gradio_client import Client, handle_file
-
-        while time.perf_counter() - self.t0 < timeout:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise SystemExit(f"server exited:\n{self.log.read()[-3000:]}")
-            try:
-                urllib.request.urlopen(self.url, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
-        Client(self.url, verbose=False).predict(handle_file(image), api_name="/predict")
-        return time.perf_counter() - self.t0
-
-    def cpu_seconds(self):
-        """User + system CPU time the server process has used so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def memory_mb(self, field="VmRSS"):
-        """The server's resident memory now (VmRSS) or at its peak (VmHWM), in MB."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def latencies(url, image, n):
@@ -248,7 +183,7 @@ def forward_ms(bundle_folder, n):
 
 
 def measure(name, cmd, env, image, args):
-    server = Server(cmd, env)
+    server = AppServer(env, cmd, wait=False)
     try:
         row = {"cold_start_s": server.first_answer(image)}
         lat = latencies(server.url, image, args.requests)
@@ -300,7 +235,7 @@ def main(argv=None):
 
     work = tempfile.mkdtemp(prefix="bench-serving-")
     try:
-        image = test_image(os.path.join(work, "tile.jpg"))
+        image = write_tile(os.path.join(work, "tile.jpg"))
         load0 = os.getloadavg()
         print(f"{os.cpu_count()} cores, load average {load0[0]:.2f} at start", flush=True)
         bundles = {"ours": args.model}

@@ -34,20 +34,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "lc25000")
 
-from benchmark_serving import forward_ms  # noqa: E402  (scripts/ is on sys.path when run)
-
-
-def made_up_data(folder, per_class=12, side=48):
-    """Three classes of coloured noise, for --quick."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name, colour in {"red": (200, 60, 60), "green": (60, 180, 80), "blue": (60, 80, 200)}.items():
-        os.makedirs(os.path.join(folder, name), exist_ok=True)
-        for i in range(per_class):
-            a = np.clip(np.array(colour) + rng.normal(0, 25, (side, side, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(a).save(os.path.join(folder, name, f"{i}.png"))
-    return folder
+from scripts.benchmark_serving import forward_ms  # noqa: E402  (the repository root is on sys.path now)
+from scripts.synthetic import make_dataset  # noqa: E402
 
 
 def train(data, out, preset, extra):
@@ -89,7 +77,7 @@ def main(argv=None):
         data, preset, variants = args.data, args.preset, [v for v in args.variants.split(",") if v]
         common = []
         if args.quick:
-            data, preset, variants = made_up_data(os.path.join(work, "data")), "", ["32x8"]
+            data, preset, variants = make_dataset(os.path.join(work, "data"), per_class=12), "", ["32x8"]
             common = ["--epochs", "2"]
         if not os.path.isdir(data):
             raise SystemExit(f"No data folder {data}; pass --data DIR (class folders of images)")

@@ -4,12 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements-dev.txt
-# Headless Chromium for tests/test_browser.py: Debian's package, driven by Playwright
-# (which downloads no browser of its own).
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages: headless Chromium for the `browser` tests (driven by Playwright, which
+# downloads no browser of its own) and Node.js for the `node` tests (scripts/client.mjs).
+apt=()
+[ -x /usr/bin/chromium ] || apt+=(chromium)
+command -v npm >/dev/null || apt+=(nodejs npm)
+if [ ${#apt[@]} -gt 0 ]; then
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt[@]}" >/dev/null
 fi
 # @gradio/client for scripts/client.mjs, exactly as package-lock.json pins it.
 npm ci --no-audit --no-fund --loglevel=error >/dev/null

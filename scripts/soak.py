@@ -2,6 +2,7 @@
 
     python scripts/soak.py                               # 3,000 requests: a few minutes
     python scripts/soak.py --requests 60 --warmup 10     # the short version the tests run
+    python scripts/soak.py --json soak.json              # also write the figures to a file
 
 Starts `python app.py` (MODEL_REPO=--model) with its own upload folder (GRADIO_TEMP_DIR)
 and a short UPLOAD_TTL, warms it up, reads the server's resident memory, then sends
@@ -16,6 +17,7 @@ Exits with 1 if a good image failed, a bad file was not refused, memory grew by 
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -24,19 +26,13 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_serving import ROOT, Server, http_predict, test_image  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from scripts.app_server import AppServer  # noqa: E402  (the repository root is on sys.path now)
+from scripts.benchmark_serving import http_predict, write_tile  # noqa: E402
+from scripts.synthetic import tissue_jpeg  # noqa: E402
 
 NOT_AN_IMAGE = b"these are notes, not an image\n" * 10
-
-
-def jpeg(seed, side=224):
-    """A different tissue-like JPEG for every seed."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    a = cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), np.uint8), (0, 0), 2)
-    return cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
 def files_in(folder):
@@ -60,7 +56,7 @@ def send(url, n, clients, offset=0):
                     return
                 bad = i % 10 == 9
                 try:
-                    http_predict(http, url, NOT_AN_IMAGE if bad else jpeg(i))
+                    http_predict(http, url, NOT_AN_IMAGE if bad else tissue_jpeg(i))
                     kind = "failed" if bad else "answered"
                 except Exception as e:
                     kind = "refused_bad_file" if bad and "not an image" in str(e) else "failed"
@@ -88,13 +84,15 @@ def main(argv=None):
     p.add_argument("--chunks", type=int, default=6, help="report speed and memory this many times (default 6)")
     p.add_argument("--upload-ttl", type=int, default=5, help="the server's UPLOAD_TTL in seconds (default 5)")
     p.add_argument("--max-growth-mb", type=float, default=50, help="fail above this growth (default 50)")
+    p.add_argument("--json", help="also write the figures and the verdict to this file")
     args = p.parse_args(argv)
 
     uploads = tempfile.mkdtemp(prefix="soak-uploads-")
-    server = Server([sys.executable, "app.py"], {"MODEL_REPO": args.model, "GRADIO_TEMP_DIR": uploads,
-                                                 "UPLOAD_TTL": str(args.upload_ttl)})
+    server = AppServer({"MODEL_REPO": args.model, "GRADIO_TEMP_DIR": uploads,
+                        "UPLOAD_TTL": str(args.upload_ttl)}, wait=False)
+    chunks = []
     try:
-        server.first_answer(test_image(os.path.join(uploads, "first.jpg")))
+        server.first_answer(write_tile(os.path.join(uploads, "first.jpg")))
         warm = send(server.url, args.warmup, args.clients, offset=10**6)
         before = server.memory_mb()
         print(f"{'requests':>9} {'req/s':>6} {'server CPU ms/req':>18} {'RSS MB':>7}")
@@ -105,8 +103,10 @@ def main(argv=None):
                 counts[k] = counts.get(k, 0) + v
             dt = time.perf_counter() - t0
             seconds, done = seconds + dt, done + len(chunk)
-            print(f"{done:9d} {len(chunk) / dt:6.1f} {1000 * (server.cpu_seconds() - cpu0) / len(chunk):18.1f} "
-                  f"{server.memory_mb():7.0f}", flush=True)
+            chunks.append({"requests": done, "rps": len(chunk) / dt, "rss_mb": server.memory_mb(),
+                           "server_cpu_ms": 1000 * (server.cpu_seconds() - cpu0) / len(chunk)})
+            print(f"{done:9d} {chunks[-1]['rps']:6.1f} {chunks[-1]['server_cpu_ms']:18.1f} "
+                  f"{chunks[-1]['rss_mb']:7.0f}", flush=True)
         after = server.memory_mb()
         time.sleep(2 * args.upload_ttl + 1)  # one clean-up pass after the last upload ages out
         left = files_in(uploads) - 1  # first.jpg, this script's own
@@ -130,6 +130,12 @@ def main(argv=None):
         problems.append(f"{left} uploads were not cleaned up")
     for problem in problems:
         print("FAIL:", problem)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "warmup": warm, "counts": counts, "seconds": seconds,
+                       "chunks": chunks, "rss_mb": {"after_warmup": before, "after_soak": after, "peak": peak},
+                       "growth_mb": growth, "uploads_left": left, "uploaded": args.warmup + args.requests + 1,
+                       "problems": problems}, f, indent=2)
     return 1 if problems else 0
 
 

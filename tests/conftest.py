@@ -1,133 +1,90 @@
-"""Shared test helpers: images the tests make, a tiny trained bundle, a running app server.
+"""Fixtures the test modules share, and the markers that say what a test needs.
 
-Nothing here imitates the product: `app_server` runs `python app.py` as a user would, on
-127.0.0.1, and tests talk to it with real clients.
+Fixtures: a tiny bundle trained by the real training command (`tiny_bundle`), `python
+app.py` running on 127.0.0.1 with it (`tiny_server`) or with the committed models
+(`default_server`), the committed model called directly (`committed_model_predict`), and
+headless Chromium (`browser`, `page`). Plain helpers are in tests/helpers.py.
+
+Markers (pytest.ini lists them): `slow` (deselected by default; `-m "slow or not slow"`
+runs everything), and one per prerequisite, which skips the test with the reason when
+that prerequisite is missing:
+
+    browser   /usr/bin/chromium and Playwright     (any test using the `page` fixture)
+    node      node and node_modules/@gradio/client
+    hub       huggingface_hub and PyYAML (the local Hub server)
+    train     the training extras (matplotlib, scikit-learn, scipy)   (any test using `tiny_bundle`)
+    mlflow    mlflow (training --mlflow)
+
+pytest's header says which are missing. Choose with -m, e.g. `-m "slow and not browser"`.
+With CI set (as .ci/run sets it), a skipped test FAILS: CI must run everything.
 """
 
+import functools
+import importlib.util
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
-import numpy as np
 import pytest
-from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
-COMMITTED_MODEL = os.path.join(ROOT, "models", "lc25000")
-COLOURS = {"red": (200, 60, 60), "green": (60, 180, 80), "blue": (60, 80, 200)}
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, COMMITTED_MODEL, ROOT, make_dataset, temperature_scaled
+# Kept importable from here for modules written before tests/helpers.py; import from there.
+from tests.helpers import AppServer, blob_image, free_port, he_tile, label_id, run_app_until_exit  # noqa: F401
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def blob_image(colour, seed, size=48):
-    """A learnable test image: noisy texture around a class colour."""
-    rng = np.random.default_rng(seed)
-    base = np.array(COLOURS[colour], np.float32)
-    a = base + rng.normal(0, 25, (size, size, 3))
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+def _modules(*names):
+    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    return f"Python package(s) {', '.join(missing)} not installed (pip install -r requirements-dev.txt)" \
+        if missing else None
 
 
-def he_tile(seed, size=256):
-    """A histology-like test image drawn from scratch (pink stroma, purple nuclei): what the
-    browser test drops on the page and the README screenshot shows. No real slide in it."""
-    rng = np.random.default_rng(seed)
-    a = np.empty((size, size, 3), np.float32)
-    a[:] = (232, 170, 200)
-    a += rng.normal(0, 12, a.shape)
-    yy, xx = np.mgrid[:size, :size]
-    for _ in range(size // 4):
-        (cy, cx), r = rng.uniform(0, size, 2), rng.uniform(3, 9)
-        nucleus = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        a[nucleus] = np.array((95, 55, 140)) + rng.normal(0, 10, (nucleus.sum(), 3))
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+PREREQUISITES = {
+    "browser": lambda: (f"{CHROMIUM} is missing (scripts/install_dev.sh installs Debian's chromium)"
+                        if not os.path.exists(CHROMIUM) else _modules("playwright")),
+    "node": lambda: ("node is not on PATH (install Node.js 18 or later)" if not shutil.which("node") else
+                     "node_modules/@gradio/client is missing (run `npm ci`; scripts/install_dev.sh does)"
+                     if not os.path.isdir(os.path.join(ROOT, "node_modules", "@gradio", "client")) else None),
+    "hub": lambda: _modules("huggingface_hub", "yaml"),
+    "train": lambda: _modules("matplotlib", "sklearn", "scipy"),
+    "mlflow": lambda: _modules("mlflow"),
+}
+# Fixtures that bring a prerequisite with them: a test using one gets its marker.
+FIXTURE_MARKERS = {"page": "browser", "browser": "browser", "tiny_bundle": "train"}
 
 
-def make_dataset(root, per_class=16, layout="folders", duplicates=0):
-    """Write a small data set: class folders, or train/valid/test/<class> when layout="split".
-    `duplicates` byte-identical copies are added to each class."""
-    for ci, colour in enumerate(COLOURS):
-        for i in range(per_class):
-            split = ("train", "valid", "test")[i % 3] if layout == "split" else ""
-            folder = os.path.join(root, split, colour)
-            os.makedirs(folder, exist_ok=True)
-            blob_image(colour, seed=ci * 1000 + i).save(os.path.join(folder, f"{colour}_{i}.png"))
-        sub = "train" if layout == "split" else ""  # image 0 of each class is in train
-        for d in range(duplicates):
-            shutil.copy(os.path.join(root, sub, colour, f"{colour}_0.png"),
-                        os.path.join(root, sub, colour, f"{colour}_copy{d}.png"))
-    return root
+@functools.cache
+def missing(prerequisite):
+    """Why `prerequisite` cannot be met on this machine, or None when it can."""
+    return PREREQUISITES[prerequisite]()
 
 
-def temperature_scaled(probs, temperature):
-    """Softmax outputs rescaled by a temperature, worked out independently of lungclf:
-    softmax(z / T) is proportional to softmax(z) ** (1 / T)."""
-    p = np.asarray(probs, np.float64) ** (1.0 / temperature)
-    return p / p.sum(axis=-1, keepdims=True)
+def pytest_report_header(config):
+    states = [f"{name} ({missing(name)})" for name in PREREQUISITES if missing(name)]
+    return ["prerequisites missing, their tests skip: " + "; ".join(states) if states
+            else "prerequisites: all present (" + ", ".join(PREREQUISITES) + ")"]
 
 
-def label_id(text):
-    """The class id in a label text like "Adenocarcinoma (lung) (lung_aca)"."""
-    return text.rsplit("(", 1)[1].rstrip(")") if text.endswith(")") else text
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so that the markers added here count
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+        for name in PREREQUISITES:
+            if item.get_closest_marker(name) and missing(name):
+                item.add_marker(pytest.mark.skip(reason=f"needs {name}: {missing(name)}"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppServer:
-    """`python app.py` in a subprocess on 127.0.0.1 with the given environment."""
-
-    def __init__(self, env=None, timeout=120):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        full_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
-                    "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log_path = os.path.join(ROOT, ".pytest_cache", f"app-{self.port}.log")
-        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                urllib.request.urlopen(self.url + "gradio_api/info", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"app did not start in {timeout}s:\n{self.output()}")
-
-    def output(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-
-def run_app_until_exit(env, timeout=120):
-    """Start app.py expecting it to refuse to start; returns (exit code, output)."""
-    full_env = {**os.environ, "GRADIO_SERVER_PORT": str(free_port()), "PYTHONUNBUFFERED": "1", **env}
-    p = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=full_env, capture_output=True,
-                       text=True, timeout=timeout)
-    return p.returncode, p.stdout + p.stderr
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI every selected test must run: a skip is reported as a failure, with its reason."""
+    report = (yield).get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI (CI={os.environ['CI']}) runs every test: {reason}"
 
 
 @pytest.fixture(scope="session")
@@ -144,17 +101,16 @@ def tiny_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_bundle):
-    server = AppServer({"MODEL_REPO": tiny_bundle["out"]})
-    yield server
-    server.stop()
+    """`python app.py` serving the tiny bundle (MODEL_REPO=its folder)."""
+    with AppServer({"MODEL_REPO": tiny_bundle["out"]}) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def default_server():
-    """The app as a newcomer starts it: no MODEL_REPO, the committed model."""
-    server = AppServer({"MODEL_REPO": ""})
-    yield server
-    server.stop()
+    """The app as a newcomer starts it: no MODEL_REPO, the committed models."""
+    with AppServer({"MODEL_REPO": ""}) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -173,3 +129,24 @@ def committed_model_predict():
 
     predict.bundle = bundle
     return predict
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's /usr/bin/chromium) driven by Playwright; no browser download."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh laptop-sized page (1280 x 800) in its own browser context."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()

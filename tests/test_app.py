@@ -5,15 +5,9 @@ import shutil
 
 import pytest
 
-from tests.conftest import COMMITTED_MODEL, blob_image, label_id, run_app_until_exit
+from tests.helpers import COMMITTED_MODEL, blob_image, label_id, predict, run_app_until_exit
 
 pytestmark = pytest.mark.slow
-
-
-def _predict(url, path, **kw):
-    from gradio_client import Client, handle_file
-
-    return Client(url, verbose=False).predict(handle_file(path), api_name="/predict", **kw)
 
 
 def test_committed_model_answers_with_a_valid_label(default_server, tmp_path):
@@ -22,7 +16,7 @@ def test_committed_model_answers_with_a_valid_label(default_server, tmp_path):
     labels = json.load(open(os.path.join(COMMITTED_MODEL, "classes.json")))["labels"]
     path = str(tmp_path / "tile.png")
     blob_image("red", 1, size=128).save(path)
-    result = _predict(default_server.url, path)
+    result = predict(default_server.url, path)
     assert any(f"({lab})" in result["label"] for lab in labels)
     assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4
 
@@ -30,7 +24,7 @@ def test_committed_model_answers_with_a_valid_label(default_server, tmp_path):
 def test_model_repo_folder_is_honoured(tiny_server, tmp_path):
     path = str(tmp_path / "blue.png")
     blob_image("blue", 99).save(path)
-    result = _predict(tiny_server.url, path)
+    result = predict(tiny_server.url, path)
     assert {c["label"] for c in result["confidences"]} == {"Blue (blue)", "Green (green)", "Red (red)"}
     assert label_id(result["label"]) == "blue"
 
@@ -64,7 +58,7 @@ def test_non_image_upload_gets_a_message_and_the_server_keeps_serving(tiny_serve
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     with pytest.raises(AppError, match="not an image"):
-        _predict(tiny_server.url, str(text))
+        predict(tiny_server.url, str(text))
     good = str(tmp_path / "red.png")
     blob_image("red", 5).save(good)
-    assert label_id(_predict(tiny_server.url, good)["label"]) == "red"
+    assert label_id(predict(tiny_server.url, good)["label"]) == "red"

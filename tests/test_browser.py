@@ -10,7 +10,6 @@ No browser is downloaded: Playwright drives /usr/bin/chromium (scripts/install_d
 installs it with apt).
 """
 
-import base64
 import functools
 import http.server
 import json
@@ -20,71 +19,12 @@ import threading
 
 import pytest
 
-from tests.conftest import ROOT, AppServer, blob_image, free_port, he_tile, label_id
-from tests.test_clients import readme_block
+from tests.helpers import (ROOT, AppServer, blob_image, drop_file, free_port, he_tile, label_id, open_app,
+                           readme_block, shown_label, toast)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DROP_ZONE = "Drop an image file here to upload"  # the aria-label of gr.Image's upload area
 CDN_CLIENT = "https://cdn.jsdelivr.net/npm/@gradio/client@2.7.0/dist/index.min.js"
-
-# What a browser does when a file is dragged from the desktop and let go over an element.
-DROP = """([target, name, mime, b64]) => {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  const data = new DataTransfer();
-  data.items.add(new File([bytes], name, {type: mime}));
-  for (const type of ["dragenter", "dragover", "drop"]) {
-    target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));
-  }
-}"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run scripts/install_dev.sh (apt-get install chromium)"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
-
-
-def open_app(page, url):
-    page.goto(url)
-    zone = page.get_by_label(DROP_ZONE)
-    zone.wait_for()
-    return zone
-
-
-def drop_file(page, zone, path, mime):
-    data = base64.b64encode(open(path, "rb").read()).decode()
-    page.evaluate(DROP, [zone.element_handle(), os.path.basename(path), mime, data])
-
-
-def shown_label(page):
-    top = page.get_by_test_id("label-output-value")
-    top.wait_for()
-    return top.inner_text()
-
-
-def toast(page, text):
-    """The error toast that contains `text` (Gradio shows errors as toasts)."""
-    message = page.locator(".toast-body").filter(has_text=text)
-    message.wait_for()
-    return message.inner_text()
 
 
 def test_dropped_image_gets_the_label_of_a_direct_model_call(default_server, committed_model_predict,
@@ -142,6 +82,7 @@ def serve_folder(tmp_path):
     server.server_close()
 
 
+@pytest.mark.node  # the page loads the @gradio/client that npm installed
 def test_readme_browser_snippet_classifies_a_picked_file(default_server, committed_model_predict,
                                                          page, tmp_path, serve_folder):
     html = readme_block("html", "@gradio/client")
@@ -167,8 +108,7 @@ def test_examples_from_the_bundle_are_shown_and_classified_on_click(tiny_bundle,
     os.makedirs(bundle / "examples")
     for colour in ("blue", "green", "red"):
         blob_image(colour, 500, size=64).save(bundle / "examples" / f"{colour}.png")
-    server = AppServer({"MODEL_REPO": str(bundle)})
-    try:
+    with AppServer({"MODEL_REPO": str(bundle)}) as server:
         assert "at first use" in server.output()  # lazy: nothing was classified at start-up
         open_app(page, server.url)
         thumbnails = page.locator(".gallery-item")
@@ -176,5 +116,3 @@ def test_examples_from_the_bundle_are_shown_and_classified_on_click(tiny_bundle,
         assert thumbnails.count() == 3
         thumbnails.nth(0).click()  # sorted by file name: blue.png first
         assert label_id(shown_label(page)) == "blue"
-    finally:
-        server.stop()

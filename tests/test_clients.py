@@ -19,18 +19,9 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, he_tile, label_id
+from tests.helpers import ROOT, confidences, he_tile, label_id, readme_block
 
 pytestmark = pytest.mark.slow
-
-
-def readme_block(lang, containing):
-    """The one ```lang fenced block of README.md that contains `containing`."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        blocks = re.findall(rf"^```{lang}\n(.*?)^```", f.read(), re.M | re.S)
-    found = [b for b in blocks if containing in b]
-    assert len(found) == 1, f"README.md should have one ```{lang} block with {containing!r}"
-    return found[0]
 
 
 def set_line(script, name, value):
@@ -83,19 +74,19 @@ def test_python_client_reports_a_refused_file_and_classifies_the_rest(default_se
     assert p.stdout.startswith("tile1.jpeg\t")
 
 
+@pytest.mark.node
 def test_js_client_prints_json_with_the_label_of_a_direct_model_call(default_server, committed_model_predict,
                                                                      tiles):
-    assert os.path.isdir(os.path.join(ROOT, "node_modules", "@gradio", "client")), \
-        "@gradio/client is not installed: run `npm ci` (scripts/install_dev.sh does)"
     name = committed_model_predict.bundle.name
     p = run(["node", "scripts/client.mjs", default_server.url, tiles[0], "--model", name])
     assert p.returncode == 0, p.stderr
     [result] = json.loads(p.stdout)
     expected = committed_model_predict(tiles[0])
     assert result["file"] == "tile1.jpeg" and label_id(result["label"]) == top(expected)
-    assert {label_id(c["label"]): c["confidence"] for c in result["confidences"]} == pytest.approx(expected, abs=1e-5)
+    assert confidences(result) == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.node
 def test_js_client_reports_an_unknown_model_by_name(default_server, tiles):
     p = run(["node", "scripts/client.mjs", default_server.url, tiles[0], "--model", "no-such-model"])
     assert p.returncode == 1
@@ -131,7 +122,7 @@ def test_readme_curl_recipe_streams_the_label_of_a_direct_model_call(default_ser
     [result] = json.loads(events["complete"])
     expected = committed_model_predict(tiles[1])
     assert label_id(result["label"]) == top(expected)
-    assert {label_id(c["label"]): c["confidence"] for c in result["confidences"]} == pytest.approx(expected, abs=1e-5)
+    assert confidences(result) == pytest.approx(expected, abs=1e-5)
 
 
 def test_readme_curl_recipe_streams_the_message_for_a_non_image(default_server, tmp_path):

@@ -3,14 +3,12 @@
 Two real bundles: the session's tiny colour model (classes blue/green/red, no preset) and
 a tiny CT model trained here with --preset chest-ct (four CT classes, grey). Which model
 answered is told by the classes in its answer. Checked through gradio_client and in
-headless Chromium (reusing tests/test_browser.py's Playwright set-up).
+headless Chromium (the `page` fixture).
 """
 
 import pytest
 
-from tests.conftest import AppServer, blob_image, label_id
-from tests.test_browser import browser, drop_file, open_app, page, shown_label  # noqa: F401 (fixtures)
-from tests.test_presets import make_preset_dataset
+from tests.helpers import AppServer, blob_image, drop_file, label_id, make_preset_dataset, open_app, shown_label
 from training import presets
 
 pytestmark = pytest.mark.slow
@@ -31,9 +29,8 @@ def ct_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_model_server(tiny_bundle, ct_bundle):
-    server = AppServer({"MODEL_REPO": f"{tiny_bundle['out']},{ct_bundle}"})
-    yield server
-    server.stop()
+    with AppServer({"MODEL_REPO": f"{tiny_bundle['out']},{ct_bundle}"}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -6,24 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import load_images, scan
 from lungclf.preprocess import ImageError, load_image, read_rgb
+from tests.helpers import confidences, picture, temperature_scaled
+from training.data import load_images, scan
 
 SIZE = 32
-
-
-def _pattern(h=60, w=40):
-    """An asymmetric RGB picture: a red top-left block on a grey ramp, so rotation shows."""
-    a = np.zeros((h, w, 3), np.uint8)
-    a[:] = np.linspace(40, 200, w, dtype=np.uint8)[None, :, None]
-    a[: h // 3, : w // 3] = (230, 20, 20)
-    return a
 
 
 def write_variants(folder):
     """The same picture as RGB JPEG, RGBA PNG, grey PNG, 16-bit PNG and EXIF-rotated JPEG."""
     os.makedirs(folder, exist_ok=True)
-    a = _pattern()
+    a = picture()
     Image.fromarray(a).save(os.path.join(folder, "rgb.jpg"), quality=95)
     rgba = np.dstack([a, np.full(a.shape[:2], 255, np.uint8)])
     rgba[:5, :5, 3] = 0  # a transparent corner
@@ -90,8 +83,6 @@ def test_app_through_gradio_sees_the_tensor_training_sees(tmp_path, tiny_bundle,
     import keras
     from gradio_client import Client, handle_file
 
-    from tests.conftest import label_id, temperature_scaled
-
     names = write_variants(tmp_path / "x")
     items = scan(str(tmp_path))
     x, kept, _ = load_images(str(tmp_path), items, SIZE, progress=False)
@@ -102,6 +93,6 @@ def test_app_through_gradio_sees_the_tensor_training_sees(tmp_path, tiny_bundle,
     client = Client(tiny_server.url, verbose=False)
     for it, probs in zip(kept, expected):
         got = client.predict(handle_file(os.path.join(tmp_path, it.path)), api_name="/predict")
-        by_label = {label_id(c["label"]): c["confidence"] for c in got["confidences"]}
+        by_label = confidences(got)
         assert [round(by_label[lab], 5) for lab in labels] == [round(float(p), 5) for p in probs], it.path
     assert sorted(os.path.basename(it.path) for it in kept) == sorted(names)

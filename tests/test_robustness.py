@@ -11,30 +11,16 @@ through Gradio's file route.
 import io
 import struct
 import threading
-import time
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from tests.conftest import ROOT, AppServer, blob_image, label_id
 from lungclf.preprocess import ImageError, load_image
+from tests.helpers import ROOT, AppServer, blob_image, grey_picture, label_id, picture
 
 SIZE = 32
-
-
-def picture(h=60, w=40):
-    """An asymmetric picture of a few flat colours (so a palette holds it exactly)."""
-    a = np.zeros((h, w, 3), np.uint8)
-    a[:] = (90, 140, 200)
-    a[: h // 3, : w // 2] = (230, 30, 30)
-    a[h // 2:, w // 2:] = (30, 200, 60)
-    return a
-
-
-def grey_picture():
-    return picture().mean(axis=2).astype(np.uint8)
 
 
 def _save(img, **kw):
@@ -189,11 +175,21 @@ def test_bad_file_is_refused_with_a_specific_message(corpus, name):
         load_image(corpus[name], SIZE)
 
 
-def test_decompression_bomb_is_refused_without_decoding_it(corpus):
-    start = time.perf_counter()
+def test_decompression_bomb_is_refused_without_decoding_it(corpus, monkeypatch):
+    """900 million pixels: refused from the header, before Pillow decodes a pixel."""
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(im):
+        decoded.append(im.size)
+        return real_load(im)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     with pytest.raises(ImageError, match="too large"):
-        load_image(corpus["bomb.png"], SIZE)  # 900 million pixels: decoding takes seconds
-    assert time.perf_counter() - start < 0.5
+        load_image(corpus["bomb.png"], SIZE)
+    assert decoded == []
+    load_image(corpus["rgb.png"], SIZE)
+    assert decoded  # the control: a valid image does go through the watched decoder
 
 
 # --- through the running app -------------------------------------------------------------
@@ -242,10 +238,9 @@ def test_odd_but_valid_upload_is_classified(tiny_server, corpus, name):
 @pytest.fixture(scope="module")
 def small_queue_server(tiny_bundle):
     """One prediction at a time, two waiting, uploads up to 1 MB."""
-    server = AppServer({"MODEL_REPO": tiny_bundle["out"], "CONCURRENCY_LIMIT": "1",
-                        "QUEUE_SIZE": "2", "MAX_FILE_SIZE": "1mb"})
-    yield server
-    server.stop()
+    with AppServer({"MODEL_REPO": tiny_bundle["out"], "CONCURRENCY_LIMIT": "1",
+                    "QUEUE_SIZE": "2", "MAX_FILE_SIZE": "1mb"}) as server:
+        yield server
 
 
 @pytest.mark.slow
@@ -260,9 +255,10 @@ def test_upload_over_max_file_size_is_refused_by_the_server(small_queue_server):
 
 
 @pytest.mark.slow
-def test_flood_beyond_the_queue_gets_answers_or_busy_refusals_quickly(small_queue_server, tmp_path):
-    """Twelve clients at once against a queue of two: each gets a prediction or an
-    immediate "queue is full" refusal, nobody waits long, and the server goes on serving."""
+def test_flood_beyond_the_queue_gets_answers_or_busy_refusals_without_waiting(small_queue_server, tmp_path):
+    """Twelve clients at once against a queue of two: each gets a prediction or a "queue is
+    full" refusal, a refused client is told at once (before the queued work is done, not
+    after waiting its turn), and the server goes on serving."""
     from gradio_client.utils import QueueError
 
     # 36 million pixels of smooth gradient: a small file that takes a while to decode.
@@ -270,29 +266,30 @@ def test_flood_beyond_the_queue_gets_answers_or_busy_refusals_quickly(small_queu
     Image.fromarray(np.tile(np.linspace(0, 255, 6000).astype(np.uint8), (6000, 1))).save(slow)
     clients = [_client(small_queue_server.url) for _ in range(12)]
     start = threading.Barrier(len(clients))
-    outcomes = [None] * len(clients)
+    finished, lock = [], threading.Lock()  # (client, outcome) in the order the clients heard back
 
     def user(i):
         start.wait()
-        t = time.perf_counter()
         try:
             _predict(clients[i], slow)
-            outcomes[i] = ("answer", time.perf_counter() - t)
+            outcome = "answer"
         except QueueError:
-            outcomes[i] = ("busy", time.perf_counter() - t)
+            outcome = "busy"
         except Exception as e:  # anything else is a failure of this test
-            outcomes[i] = (f"{type(e).__name__}: {e}", time.perf_counter() - t)
+            outcome = f"{type(e).__name__}: {e}"
+        with lock:
+            finished.append(outcome)
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(len(clients))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
-    assert all(o is not None for o in outcomes), "a client hung"
-    kinds = [k for k, _ in outcomes]
-    assert set(kinds) <= {"answer", "busy"}, kinds
-    assert "busy" in kinds and "answer" in kinds, kinds
-    assert max(s for k, s in outcomes if k == "busy") < 10, outcomes
+        t.join(120)  # a guard against a hang, not a speed claim
+    assert len(finished) == len(clients), f"{len(clients) - len(finished)} client(s) hung: {finished}"
+    assert set(finished) <= {"answer", "busy"}, finished
+    assert "busy" in finished and "answer" in finished, finished
+    last_answer = len(finished) - 1 - finished[::-1].index("answer")
+    assert "busy" not in finished[last_answer:], finished  # refusals came before the queue drained
     small = str(tmp_path / "red.png")
     blob_image("red", 3).save(small)
     assert label_id(_predict(clients[0], small)["label"]) == "red"
