@@ -14,9 +14,15 @@ import re
 
 import numpy as np
 
-from scripts.app_server import ROOT, AppServer, free_port, run_app_until_exit  # noqa: F401 (re-exported)
-from scripts.synthetic import (COLOURS, blob_image, grey_picture, halves, he_tile, make_dataset,  # noqa: F401
+from scripts.app_server import ROOT, AppServer, free_port, run_app_until_exit
+from scripts.synthetic import (COLOURS, PALETTE, blob_image, grey_picture, halves, he_tile, make_dataset,
                                make_preset_dataset, picture, preset_image, tissue, write_bundle)
+
+__all__ = ["ROOT", "AppServer", "free_port", "run_app_until_exit",  # scripts/app_server.py
+           "COLOURS", "PALETTE", "blob_image", "grey_picture", "halves", "he_tile", "make_dataset",
+           "make_preset_dataset", "picture", "preset_image", "tissue", "write_bundle",  # scripts/synthetic.py
+           "SHARED_DATA", "COMMITTED_MODEL", "temperature_scaled", "label_id", "confidences", "predict",
+           "readme_block", "open_app", "drop_file", "shown_label", "toast"]
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 COMMITTED_MODEL = os.path.join(ROOT, "models", "lc25000")

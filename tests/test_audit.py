@@ -11,30 +11,12 @@ import json
 import os
 import shutil
 
-import cv2
-import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import PALETTE, tissue
 from training import audit
 from training.split import assign, split_by_group
-
-PALETTE = {"red": (190, 70, 90), "green": (80, 160, 90), "blue": (70, 90, 190)}
-
-
-def tissue(colour, seed, size=128):
-    """A textured made-up tile: overlapping ellipses in shades of the class colour."""
-    rng = np.random.default_rng(seed)
-    a = np.full((size, size, 3), 235, np.uint8)
-    base = np.array(PALETTE[colour])
-    for _ in range(45):
-        centre = tuple(int(v) for v in rng.integers(0, size, 2))
-        axes = tuple(int(v) for v in rng.integers(3, 14, 2))
-        shade = np.clip(base * rng.uniform(0.4, 1.2) + rng.normal(0, 20, 3), 0, 255)
-        cv2.ellipse(a, centre, axes, float(rng.uniform(0, 180)), 0, 360, tuple(float(v) for v in shade), -1)
-    a = cv2.GaussianBlur(a, (0, 0), 0.8)
-    return Image.fromarray(np.clip(a + rng.normal(0, 4, a.shape), 0, 255).astype(np.uint8))
-
 
 def turned_and_cropped(im, degrees):
     """What LC25000's augmentation did: rotate a little, crop the middle, resize back."""
@@ -192,6 +174,7 @@ def test_tile_group_agreement_counts_pairs():
     assert a["precision"] == pytest.approx(1 / 3) and a["recall"] == pytest.approx(1 / 2)
 
 
+@pytest.mark.train
 def test_training_stops_on_label_conflicts_and_names_the_files(planted, tmp_path):
     from training.train import main
 
@@ -204,6 +187,7 @@ def test_training_stops_on_label_conflicts_and_names_the_files(planted, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_kept_leaking_split_and_group_folds_are_recorded_in_the_bundle(published, tmp_path):
     from huggingface_hub import ModelCard
 

@@ -11,41 +11,9 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers import make_preset_dataset
 from training import presets
-
-KINDS = {"lc25000": "tile", "iq-othnccd": "grey-slice", "chest-ct": "rgba-slice"}
-
-
-def make_image(kind, class_index, seed):
-    """A learnable made-up image: the class sets a tile's stain or a slice's blob size."""
-    rng = np.random.default_rng(seed)
-    if kind == "tile":
-        stains = np.array([(200, 120, 170), (230, 190, 210), (140, 70, 150)], np.float32)
-        a = stains[class_index] + rng.normal(0, 18, (64, 64, 3))
-        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
-    h, w = (64, 72) if kind == "grey-slice" else rng.integers(56, 96, size=2)
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h / 2 + rng.integers(-6, 7), w / 2 + rng.integers(-6, 7)
-    r = min(h, w) * (0.12 + 0.09 * class_index)
-    a = 40 + 170 * (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r) + rng.normal(0, 12, (h, w))
-    grey = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
-    return grey if kind == "grey-slice" else grey.convert("RGBA")
-
-
-def make_preset_dataset(root, name, layout, per_class=12):
-    """Images for preset `name` under its class names; layout "folders" or "split"."""
-    kind = KINDS[name]
-    ext = ".png" if kind == "rgba-slice" else ".jpg"
-    for ci, label in enumerate(presets.PRESETS[name]["classes"]):
-        for i in range(per_class):
-            split = ("train", "train", "valid", "test")[i % 4] if layout == "split" else ""
-            folder = os.path.join(root, split, label)
-            os.makedirs(folder, exist_ok=True)
-            make_image(kind, ci, seed=ci * 1000 + i).save(os.path.join(folder, f"{label}_{i}{ext}"))
-    return root
-
 
 # Fast: what the presets say.
 
@@ -104,6 +72,7 @@ def test_tissue_augmentation_changes_colour_and_orientation():
 # Slow: each preset end to end, both layouts.
 
 @pytest.mark.slow
+@pytest.mark.train
 @pytest.mark.parametrize("layout", ["folders", "split"])
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_preset_trains_end_to_end(name, layout, tmp_path):
@@ -129,6 +98,7 @@ def test_preset_trains_end_to_end(name, layout, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_a_grey_preset_model_sees_only_luminance(tmp_path):
     """A colour cast or an RGB-vs-grey file cannot change what a CT model answers."""
     from lungclf.bundle import load
