@@ -5,9 +5,9 @@ app.py` running on 127.0.0.1 with it (`tiny_server`) or with the committed model
 (`default_server`), the committed model called directly (`committed_model_predict`), and
 headless Chromium (`browser`, `page`). Plain helpers are in tests/helpers.py.
 
-Markers (pytest.ini lists them): `slow` (deselected by default; `-m "slow or not slow"`
-runs everything), and one per prerequisite, which skips the test with the reason when
-that prerequisite is missing:
+Markers: `slow` (pytest.ini; deselected by default, `-m "slow or not slow"` runs
+everything), and one per prerequisite (PREREQUISITES below; `pytest --markers` lists
+them), which skips the test with the reason when that prerequisite is missing:
 
     browser   /usr/bin/chromium and Playwright     (any test using the `page` fixture)
     node      node and node_modules/@gradio/client
@@ -40,15 +40,19 @@ def _modules(*names):
         if missing else None
 
 
+# marker -> (what it needs, why that is missing here or None). Registered as markers below.
 PREREQUISITES = {
-    "browser": lambda: (f"{CHROMIUM} is missing (scripts/install_dev.sh installs Debian's chromium)"
-                        if not os.path.exists(CHROMIUM) else _modules("playwright")),
-    "node": lambda: ("node is not on PATH (install Node.js 18 or later)" if not shutil.which("node") else
-                     "node_modules/@gradio/client is missing (run `npm ci`; scripts/install_dev.sh does)"
-                     if not os.path.isdir(os.path.join(ROOT, "node_modules", "@gradio", "client")) else None),
-    "hub": lambda: _modules("huggingface_hub", "yaml"),
-    "train": lambda: _modules("matplotlib", "sklearn", "scipy"),
-    "mlflow": lambda: _modules("mlflow"),
+    "browser": ("headless Chromium (/usr/bin/chromium) and Playwright", lambda: (
+        f"{CHROMIUM} is missing (scripts/install_dev.sh installs Debian's chromium)"
+        if not os.path.exists(CHROMIUM) else _modules("playwright"))),
+    "node": ("node and node_modules/@gradio/client", lambda: (
+        "node is not on PATH (install Node.js 18 or later)" if not shutil.which("node") else
+        "node_modules/@gradio/client is missing (run `npm ci`; scripts/install_dev.sh does)"
+        if not os.path.isdir(os.path.join(ROOT, "node_modules", "@gradio", "client")) else None)),
+    "hub": ("huggingface_hub and PyYAML (the local Hub server)", lambda: _modules("huggingface_hub", "yaml")),
+    "train": ("the training extras (matplotlib, scikit-learn, scipy)",
+              lambda: _modules("matplotlib", "sklearn", "scipy")),
+    "mlflow": ("mlflow (training --mlflow)", lambda: _modules("mlflow")),
 }
 # Fixtures that bring a prerequisite with them: a test using one gets its marker.
 FIXTURE_MARKERS = {"page": "browser", "browser": "browser", "tiny_bundle": "train"}
@@ -57,7 +61,12 @@ FIXTURE_MARKERS = {"page": "browser", "browser": "browser", "tiny_bundle": "trai
 @functools.cache
 def missing(prerequisite):
     """Why `prerequisite` cannot be met on this machine, or None when it can."""
-    return PREREQUISITES[prerequisite]()
+    return PREREQUISITES[prerequisite][1]()
+
+
+def pytest_configure(config):
+    for name, (needs, _) in PREREQUISITES.items():
+        config.addinivalue_line("markers", f"{name}: needs {needs}; skips, saying why, without it")
 
 
 def pytest_report_header(config):
