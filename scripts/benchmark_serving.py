@@ -20,7 +20,7 @@ The apps:
 
     ours     the bundle named by --model (default: the committed models/lc25000)
     batched  (only when asked for) ours with Gradio batching, --max-batch requests a call
-    anchor   the seed projects' network (training.model.seed) at 256 x 256 with random
+    anchor   the seed projects' network (training.model.anchor) at 256 x 256 with random
              weights, written as a bundle in a temp folder and served by the same app.py
     floor    app.py's page with the same components, queue settings and protocol, its predict
              replaced by a no-op answering a constant gr.Label value (--serve-floor); the
@@ -81,17 +81,17 @@ def serve_batched(max_batch):
 
 
 def write_anchor_bundle(folder, template, size):
-    """The seed architecture with random weights as a bundle, metadata copied from `template`
+    """The anchor architecture with random weights as a bundle, metadata copied from `template`
     (a real bundle) with the model, input size and metrics replaced."""
     import keras
 
-    from training.model import seed
+    from training.model import anchor
 
     classes = json.load(open(os.path.join(template, "classes.json")))
     metrics = json.load(open(os.path.join(template, "metadata.json")))["metrics"]
     metrics["test"].update(accuracy=0.0, macro_f1=0.0)
-    write_bundle(folder, seed(size, len(classes["labels"])), template, "anchor", architecture="seed",
-                 description="seed architecture, random weights: a speed anchor only", metrics=metrics,
+    write_bundle(folder, anchor(size, len(classes["labels"])), template, "anchor", architecture="anchor",
+                 description="anchor architecture, random weights: a speed anchor only", metrics=metrics,
                  calibration={"temperature": 1.0})
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("Speed anchor for scripts/benchmark_serving.py: random weights, no use.\n")

