@@ -69,6 +69,7 @@ class ModelInfo:
     bytes: int | None = None
     initial_weights: str = "random"
     width: int | None = None  # first-stage channels of compact/resnet; None where it means nothing
+    pretrained: dict | None = None  # starting weights' architecture, package, version, licence, origin
 
 
 @dataclass(frozen=True)

