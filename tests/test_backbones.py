@@ -242,3 +242,25 @@ def test_finetuning_from_the_wheel_records_the_weights_origin_and_leaves_frozen_
                                   lite0_state["_blocks.15._bn2.running_mean"])
     assert not np.array_equal(model.get_layer("block15_project_conv").kernel.numpy(),
                               lite0_state["_blocks.15._project_conv.weight"].transpose(2, 3, 1, 0))
+
+
+@pytest.mark.slow
+def test_the_comparison_script_prints_the_table_and_writes_fold_scores_as_json(lite0_state, tmp_path):
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT, make_dataset
+
+    data = make_dataset(str(tmp_path / "data"), per_class=10)
+    out = tmp_path / "table.json"
+    p = subprocess.run([sys.executable, "scripts/compare_models.py", "--data", data, "--config", "lite0@32:b3",
+                        "--folds", "2", "--seeds", "2", "--repeats", "3", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| lite0 (efficientnet-lite0) | 32 | 3 | linear (frozen features) |" in p.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["folds"] == 4 and 0 <= row["macro_f1_min"] <= row["macro_f1_mean"] <= 1
+    assert row["forward_ms"] > 0 and row["size_mb"] > 0
+    bad = subprocess.run([sys.executable, "scripts/compare_models.py", "--data", data, "--config", "lite0-32"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "expected ARCH@SIZE" in bad.stderr and "Traceback" not in bad.stderr
