@@ -218,11 +218,12 @@ def test_wheel_weights_are_only_for_their_network():
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_finetuning_from_the_wheel_records_the_weights_origin_and_leaves_frozen_layers_as_converted(
         lite0_state, tmp_path):
     import keras
 
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
     from training.train import main
 
     data = make_dataset(str(tmp_path / "data"), per_class=12)
@@ -245,11 +246,12 @@ def test_finetuning_from_the_wheel_records_the_weights_origin_and_leaves_frozen_
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_the_comparison_script_prints_the_table_and_writes_fold_scores_as_json(lite0_state, tmp_path):
     import json
     import subprocess
 
-    from tests.conftest import ROOT, make_dataset
+    from tests.helpers import ROOT, make_dataset
 
     data = make_dataset(str(tmp_path / "data"), per_class=10)
     out = tmp_path / "table.json"
