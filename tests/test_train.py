@@ -1,4 +1,5 @@
-"""Training end to end on images the test makes: a bundle that loads and beats chance."""
+"""Training end to end on images the test makes (a bundle that loads and beats chance), and
+the choices `training.train` makes before it trains (slow: the ones that train)."""
 
 import json
 import os
@@ -8,31 +9,33 @@ import pytest
 from lungclf.bundle import load, verify
 from training.data import scan
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_training_writes_a_complete_bundle(tiny_bundle):
     out = tiny_bundle["out"]
     for name in ("model.keras", "classes.json", "metadata.json", "README.md",
                  "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     meta, classes = verify(out)
-    assert classes["labels"] == ["blue", "green", "red"]
-    assert meta["training"]["command"].startswith("python -m training.train --data ")
-    assert meta["preprocessing"]["input_size"] == [32, 32, 3]
+    assert classes.labels == ["blue", "green", "red"]
+    assert meta.raw["training"]["command"].startswith("python -m training.train --data ")
+    assert tuple(meta.preprocessing.input_size) == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_trained_model_beats_chance_on_its_held_out_split(tiny_bundle):
     test = tiny_bundle["meta"]["metrics"]["test"]
     assert test["images"] >= 6
     assert test["accuracy"] > 0.6  # chance is 1/3
 
 
+@pytest.mark.slow
 def test_bundle_loads_in_safe_mode(tiny_bundle):
     b = load(tiny_bundle["out"])
     assert b.labels == ["blue", "green", "red"] and b.input_size == 32
 
 
+@pytest.mark.slow
 def test_no_exact_duplicate_crosses_the_split(tiny_bundle):
     """Copies are removed and the split is by group, so no file's bytes are on two sides."""
     from lungclf.bundle import sha256
@@ -48,6 +51,7 @@ def test_no_exact_duplicate_crosses_the_split(tiny_bundle):
     assert sum(len(v) > 1 for v in hashes.values()) == 3
 
 
+@pytest.mark.slow
 def test_model_card_has_the_held_out_figures_and_yaml(tiny_bundle):
     from huggingface_hub import ModelCard
 
@@ -71,6 +75,7 @@ def test_published_split_layout_is_scanned_with_its_splits(tmp_path):
     json.dumps([it.__dict__ for it in items])
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reports_and_writes_metrics(tiny_bundle, tmp_path):
     import subprocess
     import sys
@@ -86,3 +91,29 @@ def test_evaluate_cli_reports_and_writes_metrics(tiny_bundle, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == tiny_bundle["meta"]["data"]["images_found"]
     assert (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("arch, width", [("compact", 32), ("resnet", 16), ("mobilenet", None)])
+def test_width_is_recorded_only_for_networks_that_have_one(arch, width):
+    from training.train import configure, parse_args
+
+    _, config = configure(parse_args(["--data", "d", "--out", "o", "--arch", arch]))
+    assert config.width == width
+
+
+def test_the_benchmark_anchor_is_not_an_arch_choice(capsys):
+    from training.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "o", "--arch", "seed"])
+    assert "invalid choice: 'seed'" in capsys.readouterr().err
+
+
+def test_hardware_names_the_cpu_model_not_just_cpu():
+    from training.train import hardware
+
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    if cpu is None:
+        pytest.skip("no CPU model name in /proc/cpuinfo on this machine")
+    assert hardware().startswith(cpu) and f"{os.cpu_count()} cores" in hardware()

