@@ -135,8 +135,9 @@ def bundle_row(path, repeats):
     cv = m.get("cross_validation") or {}
     f1 = cv.get("macro_f1")
     return {"config": f"bundle {os.path.basename(os.path.normpath(path))}", "arch": m["model"]["architecture"],
-            "input": b.input_size, "blocks": "-", "weights": m["model"].get("initial_weights", "random"),
-            "head": "trained end to end",
+            "input": b.input_size, "blocks": m["model"].get("blocks") or "-",
+            "weights": m["model"].get("initial_weights", "random"),
+            "head": "fine-tuned" if m["model"].get("pretrained") else "trained end to end",
             "macro_f1_mean": f1["mean"] if f1 else m["metrics"]["test"]["macro_f1"],
             "macro_f1_std": f1["std"] if f1 else None,
             "folds": cv.get("folds", 1) if f1 else "1 split",
@@ -157,9 +158,9 @@ def table(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="image folder (as for training.train)")
+    p.add_argument("--data", help="image folder (as for training.train); needed with --config")
     p.add_argument("--preset", help="data-set preset (its colour handling is used)")
-    p.add_argument("--config", nargs="+", default=["lite0@224", "lite0@160", "lite0@128", "lite0@128:b11"],
+    p.add_argument("--config", nargs="*", default=["lite0@224", "lite0@160", "lite0@128", "lite0@128:b11"],
                    help="networks to compare: ARCH@SIZE[:bN] (default: %(default)s)")
     p.add_argument("--bundle", nargs="*", default=[], help="committed bundle folders to add as reference rows")
     p.add_argument("--folds", type=int, default=5, help="group folds (default 5)")
@@ -175,18 +176,21 @@ def main(argv=None):
     from training import presets
 
     pre = presets.preset(args.preset)
-    items, labels, groups = labelled_groups(args.data, seed=0)
-    print(f"{len(items)} images in {len(set(groups))} groups, {len(set(labels))} classes; "
-          f"{args.folds}-fold by group x {args.seeds} seeds", flush=True)
     rows = [bundle_row(b, args.repeats) for b in args.bundle]
-    for c in args.config:
-        rows.append(evaluate(c, args.data, items, labels, groups, pre["colour_mode"], args))
+    if args.config:
+        if not args.data:
+            raise SystemExit("--config needs --data (the images to score the networks on)")
+        items, labels, groups = labelled_groups(args.data, seed=0)
+        print(f"{len(items)} images in {len(set(groups))} groups, {len(set(labels))} classes; "
+              f"{args.folds}-fold by group x {args.seeds} seeds", flush=True)
+        for c in args.config:
+            rows.append(evaluate(c, args.data, items, labels, groups, pre["colour_mode"], args))
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (forward times rise with it)")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"data": args.data, "preset": args.preset, "images": len(items),
-                       "groups": len(set(groups)), "folds": args.folds, "seeds": args.seeds,
+            json.dump({"data": args.data, "preset": args.preset, "images": len(items) if args.config else None,
+                       "groups": len(set(groups)) if args.config else None, "folds": args.folds, "seeds": args.seeds,
                        "hardware": f"{os.cpu_count()} CPU cores",
                        "load_average": [round(v, 1) for v in os.getloadavg()], "rows": rows}, f, indent=2)
     return rows
