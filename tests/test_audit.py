@@ -204,3 +204,89 @@ def test_kept_leaking_split_and_group_folds_are_recorded_in_the_bundle(published
     assert cv["folds"] == 2 and len(cv["accuracy"]["folds"]) == 2 and sum(cv["test_images"]) == 28
     card = ModelCard.load(os.path.join(out, "README.md")).text
     assert "WARNING: KEPT A LEAKING PUBLISHED SPLIT" in card and "Cross-validation by group, 2 folds" in card
+
+
+# A group file (--groups): patient or scan ids, joined with what the audit finds.
+
+@pytest.fixture(scope="module")
+def with_group_file(tmp_path_factory):
+    """Two classes of distinct tiles, one mirrored copy, and a group file that puts three
+    distinct red tiles (one of them the mirrored copy's original) in one 'patient'."""
+    root = tmp_path_factory.mktemp("grouped")
+    for colour in ("red", "blue"):
+        os.makedirs(root / colour)
+        for i in range(8):
+            tissue(colour, seed=9000 + list(PALETTE).index(colour) * 100 + i).save(root / colour / f"{i}.png")
+    Image.open(root / "red" / "2.png").transpose(Image.FLIP_LEFT_RIGHT).save(root / "red" / "2_mirrored.png")
+    groups = root.parent / "patients.csv"
+    groups.write_text("path,group\nred/0.png,patient-a\n./red/1.png,patient-a\nred/2.png,patient-a\n"
+                      "blue/0.png,patient-b\nblue/missing.png,patient-b\n")
+    out = tmp_path_factory.mktemp("grouped_out")
+    report = audit.main([str(root), "--out", str(out), "--quiet", "--groups", str(groups)])
+    return {"root": str(root), "out": str(out), "report": report, "groups": str(groups)}
+
+
+def test_group_file_joins_its_groups_with_the_audits(with_group_file):
+    rows = {r["path"]: r for r in read_split(with_group_file["out"])}
+    joined = {"red/0.png", "red/1.png", "red/2.png", "red/2_mirrored.png"}  # file + the audit's copy
+    assert len({rows[p]["group"] for p in joined}) == 1
+    assert len({rows[p]["split"] for p in joined}) == 1
+    assert rows["red/3.png"]["group"] not in {rows[p]["group"] for p in joined}
+    assert with_group_file["report"]["groups"] == 17 - 3  # 17 images; 3 joins by file and audit
+
+
+def test_group_file_use_is_recorded_with_its_hash_and_merges(with_group_file):
+    import hashlib
+
+    data = json.load(open(os.path.join(with_group_file["out"], "audit.json")))
+    gf = data["group_file"]
+    assert gf["sha256"] == hashlib.sha256(open(with_group_file["groups"], "rb").read()).hexdigest()
+    assert gf["groups"] == 2 and gf["groups_merged"] == 2  # red/1 and the red/2 pair joined red/0
+    assert "patients.csv" in open(os.path.join(with_group_file["out"], "audit.md")).read()
+    assert audit.summary(with_group_file["report"])["group_file"]["sha256"] == gf["sha256"]
+
+
+def test_group_file_paths_not_in_the_data_are_reported(with_group_file):
+    gf = with_group_file["report"]["group_file"]
+    assert gf["paths_unknown"] == 1 and gf["unknown_examples"] == ["blue/missing.png"]
+    assert any("blue/missing.png" in w for w in with_group_file["report"]["warnings"])
+
+
+def test_group_file_without_a_path_group_header_is_refused_in_one_line(with_group_file, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,patient\nred/0.png,a\n")
+    with pytest.raises(SystemExit) as stop:
+        audit.main([with_group_file["root"], "--out", str(tmp_path / "o"), "--quiet", "--groups", str(bad)])
+    assert "expected a CSV with the header 'path,group'" in str(stop.value.code)
+    assert "\n" not in str(stop.value.code)
+
+
+def smooth_slice(seed, shift=0, size=128):
+    """A CT-like slice with little texture: a blurred body outline, placed, sized and turned
+    per 'patient', with three dark regions."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((size, size), np.float32)
+    c = size // 2
+    body = (int(rng.integers(35, 60)), int(rng.integers(25, 50)))
+    centre = (c + shift + int(rng.integers(-12, 12)), c + int(rng.integers(-12, 12)))
+    cv2.ellipse(a, centre, body, float(rng.uniform(-30, 30)), 0, 360, 180, -1)
+    for _ in range(3):
+        cv2.ellipse(a, (int(rng.integers(30, 98)) + shift, int(rng.integers(30, 98))),
+                    (int(rng.integers(6, 20)), int(rng.integers(6, 25))), float(rng.uniform(0, 180)),
+                    0, 360, float(rng.uniform(0, 90)), -1)
+    a = cv2.GaussianBlur(a, (0, 0), 4)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def test_near_identical_low_texture_slices_are_joined_by_their_thumbnails(tmp_path):
+    for label in ("a", "b"):
+        os.makedirs(tmp_path / label)
+        for i in range(4):
+            smooth_slice(100 * (label == "b") + i).save(tmp_path / label / f"{i}.png")
+    Image.fromarray(np.clip(np.asarray(smooth_slice(0, shift=1), np.float32) * 1.05 + 3, 0, 255)
+                    .astype(np.uint8)).save(tmp_path / "a" / "0_next.png")
+    first, second = (audit.describe(str(tmp_path / "a" / f)) for f in ("0.png", "0_next.png"))
+    inliers, _ = audit.near_copy(first, second)
+    assert inliers < audit.MIN_INLIERS  # too smooth for keypoints: only the thumbnails can join them
+    report = audit.run(str(tmp_path), progress=False)
+    assert [sorted(g) for g in report["near_duplicate_groups"]] == [["a/0.png", "a/0_next.png"]]

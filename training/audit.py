@@ -1,6 +1,6 @@
 """Audit a data set before training: copies, leaks, label conflicts and shortcut cues.
 
-    python -m training.audit DATA_DIR --out OUT_DIR [--seed 0] [--keep-published-split]
+    python -m training.audit DATA_DIR --out OUT_DIR [--seed 0] [--keep-published-split] [--groups FILE]
 
 DATA_DIR holds class folders (DIR/<class>/*) or a published split
 (DIR/{train,valid,test}/<class>/*). OUT_DIR gets:
@@ -24,8 +24,14 @@ How copies are found (measured on LC25000 and two CT sets; see scripts/check_til
    correlation >= 0.8). The first test catches rotations, flips, crops, zooms, stretches,
    re-encoding and resizing; the second stops CT slices of different patients from being
    joined through the scanner table or the field-of-view ring that they share.
-3. Groups are the connected components of exact and near pairs: copies of one tile, or
-   neighbouring slices of one scan, end up together and the split keeps them on one side.
+   A candidate pair whose 32 x 32 grey thumbnails correlate at >= 0.97 is joined as well,
+   without keypoints: near-identical neighbouring CT slices with too little texture for
+   SIFT.
+3. A group file (--groups FILE: a CSV `path,group`, paths relative to DATA_DIR, e.g.
+   patient or scan ids) joins the images that share a group in it.
+4. Groups are the connected components of all these pairs (a union: images the audit
+   joins or the file joins end up in one group): copies of one tile, or neighbouring
+   slices of one scan, end up together and the split keeps them on one side.
 """
 
 import argparse
@@ -54,6 +60,8 @@ CANDIDATES = 10  # nearest neighbours per image, under each of the two descripti
 RATIO = 0.8  # Lowe's ratio test for a keypoint match
 MIN_INLIERS = 12  # keypoints that one affine map must explain
 MIN_DETAIL_AGREEMENT = 0.8  # correlation of aligned band-pass detail
+THUMB_SIDE = 32  # pixels: the grey thumbnail compared as a whole ...
+MIN_THUMB_CORRELATION = 0.97  # ... a candidate pair correlating at least this much is joined
 SHORTCUT_MARGIN = 0.10  # warn when a cue alone beats chance by this much accuracy ...
 GIVE_AWAY_MIN = 5  # ... or when values held by >= this many images, all of one class,
 #                    cover 2% of the images (e.g. every 400x256 image is malignant)
@@ -75,6 +83,7 @@ class Described:
     grey: np.ndarray  # uint8, longest side <= WORK_SIDE
     colour: np.ndarray  # sqrt of a 16x16x16 Lab histogram, centred later
     layout: np.ndarray  # 24x24 grey thumbnail, zero mean, unit norm
+    thumb: np.ndarray  # THUMB_SIDE x THUMB_SIDE grey thumbnail, flattened, zero mean, unit norm
     points: np.ndarray  # SIFT keypoint positions (N, 2)
     descriptors: np.ndarray  # RootSIFT (N, 128)
 
@@ -97,9 +106,8 @@ def describe(path):
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3) // 16
     hist = np.bincount((lab[:, 0].astype(np.int32) * 16 + lab[:, 1]) * 16 + lab[:, 2], minlength=4096)
-    layout = cv2.resize(grey, (24, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
-    layout -= layout.mean()
-    layout /= np.linalg.norm(layout) + 1e-6
+    layout, thumb = (_unit(cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA))
+                     for side in (24, THUMB_SIDE))
     keypoints, desc = cv2.SIFT_create(nfeatures=SIFT_FEATURES).detectAndCompute(grey, None)
     if desc is None:
         desc = np.zeros((0, 128), np.float32)
@@ -107,7 +115,59 @@ def describe(path):
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
     return Described(hashlib.sha256(data).hexdigest(), bytes=len(data), grey=grey,
                      colour=np.sqrt(hist / hist.sum()).astype(np.float32), layout=layout,
+                     thumb=thumb.ravel(),
                      points=points, descriptors=desc, **info)
+
+
+def _unit(a):
+    """float32 copy with zero mean and unit norm: the dot product of two is their correlation."""
+    a = a.astype(np.float32)
+    a -= a.mean()
+    return a / (np.linalg.norm(a) + 1e-6)
+
+
+def _thumb_edges(described, candidates):
+    """The candidate pairs whose grey thumbnails correlate at >= MIN_THUMB_CORRELATION."""
+    if not candidates:
+        return []
+    thumbs = np.stack([d.thumb for d in described])
+    i, j = np.array(candidates).T
+    corr = np.einsum("ij,ij->i", thumbs[i], thumbs[j])
+    return [candidates[k] for k in np.flatnonzero(corr >= MIN_THUMB_CORRELATION)]
+
+
+def read_group_file(path, known):
+    """A CSV `path,group` -> (groups: lists of paths found in `known`, info for the report).
+
+    Paths are relative to the data folder; `known` is the set of scanned paths. Rows with an
+    empty group are skipped; paths not in `known` are counted and reported, not fatal.
+    """
+    import posixpath
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"--groups {path}: cannot read it ({e})") from None
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"path", "group"} <= {c.strip() for c in reader.fieldnames}:
+        raise SystemExit(f"--groups {path}: expected a CSV with the header 'path,group', "
+                         f"got {','.join(reader.fieldnames or []) or 'an empty file'!r}")
+    members, unknown, rows = {}, [], 0
+    for row in reader:
+        rel = posixpath.normpath((row.get("path") or "").strip().replace("\\", "/"))
+        group = (row.get("group") or "").strip()
+        if not group or rel == ".":
+            continue
+        rows += 1
+        if rel in known:
+            members.setdefault(group, []).append(rel)
+        else:
+            unknown.append(rel)
+    info = {"file": os.path.basename(path), "sha256": hashlib.sha256(data).hexdigest(), "rows": rows,
+            "groups": len(members), "paths_unknown": len(unknown), "unknown_examples": unknown[:5]}
+    return [sorted(set(m)) for m in members.values()], info
 
 
 def _mirror_descriptors(d):
@@ -305,8 +365,10 @@ def _give_aways(values, labels):
             if len(labs) >= GIVE_AWAY_MIN and len(set(labs)) == 1 and len(labs) < len(labels)]
 
 
-def run(root, items=None, progress=True, seed=0):
+def run(root, items=None, progress=True, seed=0, groups_file=None):
     """Audit the images under root -> dict, ready for JSON.
+
+    `groups_file`: a CSV `path,group` whose groups are joined with the audit's (see the top).
 
     Keys: images, items (path, label, published split per image, readable ones only),
     group (one id per readable item: the first path of its group), unreadable,
@@ -315,6 +377,7 @@ def run(root, items=None, progress=True, seed=0):
     """
     t0 = time.time()
     items = scan(root) if items is None else items
+    scanned = {it.path for it in items}
     workers = max(1, min(4, os.cpu_count() or 1))
 
     def safe(it):
@@ -341,9 +404,19 @@ def run(root, items=None, progress=True, seed=0):
 
     candidates = [p for p in _candidates(described) if described[p[0]].sha256 != described[p[1]].sha256]
     timings["candidates"] = time.time() - t0 - sum(timings.values())
-    near_edges = _near_edges(described, candidates, edges, workers, progress)
+    thumb_edges = _thumb_edges(described, candidates)
+    near_edges = thumb_edges + _near_edges(described, candidates, edges + thumb_edges, workers, progress)
     timings["matching"] = time.time() - t0 - sum(timings.values())
     comp = _components(n, edges + near_edges)
+    group_file = None
+    if groups_file:
+        file_groups, group_file = read_group_file(groups_file, scanned)
+        index = {it.path: i for i, it in enumerate(items)}
+        file_groups = [[index[p] for p in g if p in index] for g in file_groups]  # readable ones
+        file_edges = [(g[0], j) for g in file_groups for j in g[1:]]
+        before = len(set(comp))
+        comp = _components(n, edges + near_edges + file_edges)
+        group_file["groups_merged"] = before - len(set(comp))  # audit groups joined into others
 
     members = {}
     for i, c in enumerate(comp):
@@ -384,6 +457,9 @@ def run(root, items=None, progress=True, seed=0):
                         "images were not joined (see the figures)")
     if unreadable:
         warnings.append(f"{len(unreadable)} files could not be read and are left out")
+    if group_file and group_file["paths_unknown"]:
+        warnings.append(f"group file {group_file['file']}: {group_file['paths_unknown']} paths are not "
+                        f"in {root} (e.g. {', '.join(group_file['unknown_examples'][:3])}); they are ignored")
     return {
         "data": os.path.abspath(root),
         "images": n,
@@ -399,10 +475,14 @@ def run(root, items=None, progress=True, seed=0):
         "group_sizes": {str(k): v for k, v in sorted(sizes.items())},
         "groups": len(members),
         "candidate_pairs": len(candidates),
+        "near_identical_pairs": len(thumb_edges),
+        "group_file": group_file,
         "fingerprint": fp.hexdigest(),
         "warnings": warnings,
         "summary": f"{n} images in {len(set(it.label for it in items))} classes, {len(members)} groups "
-                   f"after grouping exact and near copies (largest {largest}).",
+                   f"after grouping exact and near copies (largest {largest})"
+                   + (f" and the group file {group_file['file']} ({group_file['groups']} groups, "
+                      f"{group_file['groups_merged']} audit groups merged by it)." if group_file else "."),
         "seconds": round(time.time() - t0, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -416,8 +496,11 @@ def summary(report):
             **{k: len(report[k]) for k in keys},
             "shortcut_cues": {c["cue"]: {"accuracy": c["accuracy"], "chance": c["chance"]}
                               for c in report["shortcut_cues"]},
-            "method": "sha256 + SIFT affine match (>= %d inliers) with aligned-detail check (>= %.2f)"
-                      % (MIN_INLIERS, MIN_DETAIL_AGREEMENT)}
+            "group_file": report.get("group_file"),
+            "method": "sha256 + SIFT affine match (>= %d inliers) with aligned-detail check (>= %.2f) "
+                      "+ %d px grey thumbnails correlating >= %.2f" % (MIN_INLIERS, MIN_DETAIL_AGREEMENT,
+                                                                      THUMB_SIDE, MIN_THUMB_CORRELATION)
+                      + (" + a group file" if report.get("group_file") else "")}
 
 
 def make_split(report, val_fraction=0.15, test_fraction=0.15, seed=0, keep_published=False):
@@ -504,6 +587,13 @@ def write(report, rows, split_info, out):
 def _markdown(report, split_info, figures):
     r = report
     L = [f"# Data audit: `{r['data']}`", "", r["summary"] + f" Audited in {r['seconds']} s.", ""]
+    gf = r.get("group_file")
+    if gf:
+        L += [f"Group file `{gf['file']}` (sha256 `{gf['sha256'][:16]}`): {gf['rows']} rows, {gf['groups']} groups; "
+              f"it merged {gf['groups_merged']} of the audit's groups into others"
+              + (f"; {gf['paths_unknown']} of its paths are not in the data folder and were ignored "
+                 f"(e.g. {', '.join(f'`{p}`' for p in gf['unknown_examples'][:3])})" if gf["paths_unknown"] else "")
+              + ".", ""]
     L += ["## Problems, most serious first", ""]
     problems = 0
     if r["cross_class_groups"]:
@@ -584,9 +674,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     p.add_argument("--keep-published-split", action="store_true",
                    help="keep a published train/valid/test split even when copies cross it (warned loudly)")
+    p.add_argument("--groups", metavar="FILE", help="CSV path,group (paths relative to DATA_DIR, e.g. patient "
+                   "or scan ids): images sharing a group stay together, joined with what the audit finds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    report = run(args.data, progress=not args.quiet, seed=args.seed)
+    report = run(args.data, progress=not args.quiet, seed=args.seed, groups_file=args.groups)
     rows, info = make_split(report, args.val_fraction, args.test_fraction, args.seed, args.keep_published_split)
     write(report, rows, info, args.out)
     print(report["summary"], f"({report['seconds']} s)")

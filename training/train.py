@@ -80,6 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of groups for validation (default 0.15)")
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of groups held out for test (default 0.15)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation (default 0)")
+    p.add_argument("--groups", metavar="FILE", help="CSV path,group (paths relative to --data, e.g. patient or "
+                   "scan ids): images sharing a group stay on one side, joined with the audit's groups")
     p.add_argument("--drop-conflicts", action="store_true",
                    help="leave out groups of copies that carry more than one label, instead of stopping")
     p.add_argument("--keep-published-split", action="store_true",
@@ -183,16 +185,17 @@ class Prepared:
 
 
 def prepare(data_dir, image_size, *, val_fraction=0.15, test_fraction=0.15, seed=0,
-            keep_published_split=False, drop_conflicts=False, report=None):
+            keep_published_split=False, drop_conflicts=False, groups_file=None, report=None):
     """Scan, audit, stop on (or drop) label conflicts, split by group, decode -> Prepared.
 
+    `groups_file`: a CSV path,group joined with the audit's groups (training.audit).
     `report`: an audit report to reuse (training.audit.run); made here when None.
     """
     from training.data import Item, load_images, scan
 
     items = scan(data_dir)
     print(f"found {len(items)} images in {data_dir}")
-    report = report or audit.run(data_dir, items, seed=seed)
+    report = report or audit.run(data_dir, items, seed=seed, groups_file=groups_file)
     for w in report["warnings"]:
         print("audit:", w)
     rows, split_info = audit.make_split(report, val_fraction, test_fraction, seed, keep_published_split)
@@ -468,7 +471,8 @@ def train(args, argv=()):
 
     prepared = prepare(args.data, config.image_size, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, seed=args.seed,
-                       keep_published_split=args.keep_published_split, drop_conflicts=args.drop_conflicts)
+                       keep_published_split=args.keep_published_split, drop_conflicts=args.drop_conflicts,
+                       groups_file=args.groups)
     if pre["classes"] and prepared.labels != pre["classes"]:
         print(f"note: preset {args.preset} expects classes {pre['classes']}, found {prepared.labels}")
     t_cv = time.time()
