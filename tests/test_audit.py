@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 
+import cv2
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -290,3 +292,17 @@ def test_near_identical_low_texture_slices_are_joined_by_their_thumbnails(tmp_pa
     assert inliers < audit.MIN_INLIERS  # too smooth for keypoints: only the thumbnails can join them
     report = audit.run(str(tmp_path), progress=False)
     assert [sorted(g) for g in report["near_duplicate_groups"]] == [["a/0.png", "a/0_next.png"]]
+
+
+def test_a_zoomed_in_copy_is_its_originals_first_keypoint_candidate(tmp_path):
+    """A 2x zoom changes the colour histogram and the layout thumbnail; keypoint votes still
+    name the original first among tiles of the same colour."""
+    tiles = [tissue("red", seed=500 + i, size=224) for i in range(12)]
+    zoomed = tiles[0].crop((56, 56, 168, 168)).resize((224, 224), Image.BICUBIC).transpose(Image.FLIP_LEFT_RIGHT)
+    for i, im in enumerate(tiles + [zoomed]):
+        im.save(tmp_path / f"{i:02d}.png")
+    described = [audit.describe(str(tmp_path / f"{i:02d}.png")) for i in range(13)]
+    firsts = dict(audit._vote_top_k(described, 1))
+    assert firsts[12] == 0
+    inliers, agreement = audit.near_copy(described[0], described[12])
+    assert inliers >= audit.MIN_INLIERS and agreement >= audit.MIN_DETAIL_AGREEMENT

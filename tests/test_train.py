@@ -117,3 +117,41 @@ def test_hardware_names_the_cpu_model_not_just_cpu():
     if cpu is None:
         pytest.skip("no CPU model name in /proc/cpuinfo on this machine")
     assert hardware().startswith(cpu) and f"{os.cpu_count()} cores" in hardware()
+
+
+@pytest.fixture
+def patients(tmp_path):
+    """Class folders of distinct images and a group file putting six red ones in one patient."""
+    from tests.conftest import make_dataset
+
+    data = make_dataset(str(tmp_path / "data"), per_class=12)
+    groups = tmp_path / "patients.csv"
+    groups.write_text("path,group\n" + "".join(f"red/red_{i}.png,p1\n" for i in range(6)))
+    return data, str(groups)
+
+
+@pytest.mark.train
+def test_prepare_keeps_a_group_files_patient_on_one_side(patients):
+    from training.train import prepare
+
+    data, groups = patients
+    prepared = prepare(data, 32, seed=0, groups_file=groups)
+    sides = {s for p, s in zip(prepared.paths, prepared.split) if p in {f"red/red_{i}.png" for i in range(6)}}
+    assert len(sides) == 1
+    assert prepared.report["group_file"]["groups_merged"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_group_file_used_in_training_is_recorded_in_the_bundle(patients, tmp_path):
+    import hashlib
+
+    from training.train import main
+
+    data, groups = patients
+    meta = main(["--data", data, "--out", str(tmp_path / "b"), "--groups", groups, "--image-size", "32",
+                 "--width", "8", "--epochs", "1", "--batch-size", "8", "--verbose", "0"])
+    recorded = meta["audit"]["group_file"]
+    assert recorded["sha256"] == hashlib.sha256(open(groups, "rb").read()).hexdigest()
+    assert recorded["groups_merged"] == 5 and recorded["paths_unknown"] == 0
+    assert "a group file" in meta["audit"]["method"]

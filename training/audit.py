@@ -17,8 +17,10 @@ How copies are found (measured on LC25000 and two CT sets; see scripts/check_til
 1. Exact duplicates: identical bytes (sha256).
 2. Near duplicates: each image is shrunk to at most 160 px and described twice: a colour
    histogram (unchanged by rotation, flips and crops) and a 24 px layout thumbnail under all
-   8 rotations/flips. Each image's 10 nearest neighbours under either are candidates. A
-   candidate pair is a near copy when SIFT keypoints (also matched mirrored) agree on one
+   8 rotations/flips; and its 256 SIFT keypoints. Each image's 10 nearest neighbours under
+   the histogram, under the thumbnail, and by keypoint votes (the images its keypoints, as
+   is and mirrored, most often find as nearest neighbours: zoomed-in copies) are candidates.
+   A candidate pair is a near copy when SIFT keypoints (also matched mirrored) agree on one
    affine map from one image onto the other with at least 12 inliers (RANSAC), AND the
    fine detail (a band-pass image) of the two agrees once aligned by that map (Pearson
    correlation >= 0.8). The first test catches rotations, flips, crops, zooms, stretches,
@@ -55,8 +57,11 @@ from lungclf.preprocess import ImageError, open_image, read_rgb, to_rgb
 
 # The method's settings, chosen by measurement (scripts/check_tile_groups.py and the CT sets).
 WORK_SIDE = 160  # pixels: images are shrunk to this before describing them
-SIFT_FEATURES = 128  # keypoints per image
-CANDIDATES = 10  # nearest neighbours per image, under each of the two descriptions
+SIFT_FEATURES = 256  # keypoints per image (128 misses zooms of 2x and more)
+CANDIDATES = 10  # nearest neighbours per image under the layout thumbnail ...
+COLOUR_CANDIDATES = 10  # ... and under the colour histogram ...
+VOTE_KEYPOINTS, VOTE_NEIGHBOURS = 128, 4  # ... and by keypoint votes (_vote_top_k) ...
+VOTE_CANDIDATES = 10  # ... the images with the most votes
 RATIO = 0.8  # Lowe's ratio test for a keypoint match
 MIN_INLIERS = 12  # keypoints that one affine map must explain
 MIN_DETAIL_AGREEMENT = 0.8  # correlation of aligned band-pass detail
@@ -241,6 +246,32 @@ def _top_k(features, k, extra=None):
     return out
 
 
+def _vote_top_k(described, k):
+    """For each image, the k images that its keypoints most often find as nearest neighbours
+    (RootSIFT, as is and mirrored, in FLANN kd-trees; VOTE_KEYPOINTS per image, VOTE_NEIGHBOURS
+    each). Unlike the colour histogram and layout thumbnail, this finds zoomed-in copies."""
+    n = len(described)
+    sub = [d.descriptors[:VOTE_KEYPOINTS] for d in described]
+    owner = np.concatenate([np.full(len(x), i) for i, x in enumerate(sub)])
+    if len(owner) <= VOTE_NEIGHBOURS:
+        return []
+    base = np.ascontiguousarray(np.concatenate(sub), np.float32)
+    cv2.setRNGSeed(0)  # the kd-trees are randomised: the same candidates on every run
+    index = cv2.flann_Index(base, dict(algorithm=1, trees=4))  # 1: randomised kd-trees
+    codes = []
+    for query in (base, np.ascontiguousarray(_mirror_descriptors(base))):
+        nearest, _ = index.knnSearch(query, VOTE_NEIGHBOURS + 1, params=dict(checks=32))
+        src, dst = np.repeat(owner, VOTE_NEIGHBOURS + 1), owner[nearest.ravel()]
+        keep = src != dst
+        codes += [src[keep] * n + dst[keep], dst[keep] * n + src[keep]]
+    pairs, votes = np.unique(np.concatenate(codes), return_counts=True)
+    rows, cols = pairs // n, pairs % n
+    order = np.lexsort((-votes, rows))  # by image, most votes first
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    return [(int(i), int(j)) for i, j in zip(rows[rank < k], cols[rank < k])]
+
+
 def _candidates(described):
     n = len(described)
     colour = np.stack([d.colour for d in described])
@@ -250,9 +281,10 @@ def _candidates(described):
     turns = [np.rot90(layout, r, axes=(1, 2)) for r in range(4)]
     variants = [t.reshape(n, -1) for t in turns] + [t[:, :, ::-1].reshape(n, -1) for t in turns]
     pairs = set()
-    for near in (_top_k(colour, CANDIDATES), _top_k(variants[0], CANDIDATES, variants[1:])):
+    for near in (_top_k(colour, COLOUR_CANDIDATES), _top_k(variants[0], CANDIDATES, variants[1:])):
         for i, row in enumerate(near):
             pairs.update((min(i, int(j)), max(i, int(j))) for j in row)
+    pairs.update((min(i, j), max(i, j)) for i, j in _vote_top_k(described, VOTE_CANDIDATES))
     return sorted(pairs)
 
 
