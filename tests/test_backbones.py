@@ -31,7 +31,7 @@ def lite0_state():
 
 
 def cat_photo(tmp_path):
-    data = pytest.importorskip("skimage.data", reason="scikit-image is in requirements-train.txt")
+    data = pytest.importorskip("skimage.data", reason="scikit-image is in requirements-dev.txt")
     from PIL import Image
 
     path = str(tmp_path / "chelsea.png")
