@@ -5,6 +5,8 @@
     metadata.json   the contract of lungclf/schema.py: schema version, typed preprocessing,
                     task, data and split summary, held-out metrics, calibration, TTA views,
                     library versions, sha256 of model.keras
+    wrong_input.npz optional: the wrong-input check's reference arrays (lungclf.wrong_input),
+                    read with allow_pickle=False after its sha256 is checked
     README.md       the model card (training.card)
     figures/        confusion matrix, training curves, reliability diagram
     examples/       optional: a few images from the bundle's own held-out test split
@@ -33,8 +35,8 @@ from dataclasses import dataclass
 
 from lungclf import import_keras, schema
 FILES = ("model.keras", "classes.json", "metadata.json", "README.md")
-ALLOW_PATTERNS = ["model.keras", "classes.json", "metadata.json", "README.md", "figures/*",
-                  "examples/*"]
+ALLOW_PATTERNS = ["model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz",
+                  "figures/*", "examples/*"]
 
 log = logging.getLogger("bundle")
 
@@ -129,6 +131,7 @@ class Bundle:
     model: object
     meta: schema.Metadata
     classes: schema.Classes
+    reference: object = None  # lungclf.wrong_input.Reference, when the bundle has one
 
     @property
     def labels(self):
@@ -186,7 +189,29 @@ def verify(folder, spec=None):
             f"{spec}: sha256 of model.keras does not match metadata.json "
             f"(expected {meta.model.sha256[:12]}..., got {actual[:12]}...); refusing to load it"
         )
+    w = meta.wrong_input
+    if w is not None:
+        path = os.path.join(folder, w.file)
+        if not os.path.isfile(path):
+            raise BundleError(f"{spec}: metadata.json names a wrong-input reference {w.file}, which is missing")
+        actual = sha256(path)
+        if actual != w.sha256:
+            raise BundleError(f"{spec}: sha256 of {w.file} does not match metadata.json (expected "
+                              f"{w.sha256[:12]}..., got {actual[:12]}...); refusing to load it")
     return meta, classes
+
+
+def load_reference(folder, meta, spec):
+    """The verified bundle's wrong-input reference (lungclf.wrong_input.Reference), or None."""
+    from lungclf.wrong_input import Reference, ReferenceError
+
+    if meta.wrong_input is None:
+        return None
+    try:
+        return Reference.load(os.path.join(folder, meta.wrong_input.file), meta.wrong_input,
+                              len(meta.classes), meta.task.modality)
+    except ReferenceError as e:
+        raise BundleError(f"{spec}: {e}") from None
 
 
 def check_model(model, meta, spec):
@@ -219,7 +244,19 @@ def load(spec):
         reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise BundleError(f"{spec}: model.keras refused by Keras safe mode loading: {reason}") from None
     check_model(model, meta, spec)
-    return Bundle(meta.name or os.path.basename(os.path.normpath(spec)), folder, model, meta, classes)
+    reference = load_reference(folder, meta, spec)
+    if reference is not None:
+        from lungclf.inference import ModelError, head
+
+        try:
+            dim = head(model)[1].shape[0]
+        except ModelError as e:
+            raise BundleError(f"{spec}: model.keras: {e}; the wrong-input check needs it") from None
+        if dim != reference.feature_dim:
+            raise BundleError(f"{spec}: {meta.wrong_input.file}: feature dimension {reference.feature_dim} "
+                              f"does not match the model's {dim}")
+    return Bundle(meta.name or os.path.basename(os.path.normpath(spec)), folder, model, meta, classes,
+                  reference)
 
 
 def write_json(path, obj):

@@ -9,12 +9,18 @@ Every network here ends in one softmax Dense layer over its penultimate features
 forward pass returns the logits (features @ kernel + bias) and the features themselves:
 calibration divides the logits by the bundle's temperature (never the log of clipped
 probabilities), and the wrong-input check reads the features, all from one traced call.
+`explain_fn` also returns the class activation maps (lungclf.heatmap) from that same call.
 Training and evaluation call `predict_logits`, the app calls `Classifier`: one path.
+
+    clf.analyse("tile.jpeg")         # Answer: probabilities, wrong-input verdict, heatmap
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
-from lungclf.preprocess import load_image
+from lungclf import heatmap, wrong_input
+from lungclf.preprocess import load_image, read_rgb, resize
 
 # Test-time augmentation views of a batch (N, H, W, C) of square images.
 VIEWS = {
@@ -87,6 +93,34 @@ def forward_fn(model, traced=True):
     return tf.function(forward, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
 
+def explain_fn(model):
+    """x (N, S, S, 3) float32 0..255 -> (logits, features, maps (N, h, w, classes)) as one traced
+    tf.function: the forward pass plus the class activation map of every class (the feature
+    map times the softmax layer's kernel). Raises heatmap.NoHeatmap for a network without
+    global average pooling."""
+    import tensorflow as tf
+
+    maps_model, kernel, bias = heatmap.cam_head(model)
+    size = model.inputs[0].shape[1]
+
+    def explain(x):
+        fmap, f = maps_model(x, training=False)
+        return tf.matmul(f, kernel) + bias, f, tf.einsum("nhwk,kc->nhwc", fmap, kernel)
+
+    return tf.function(explain, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+
+def predict_features(model, x, batch_size=64):
+    """(logits, penultimate features) of `model` on the array x (N, S, S, 3), in batches."""
+    forward = forward_fn(model, traced=False)
+    logits, feats = [], []
+    for i in range(0, len(x), batch_size):
+        z, f = forward(x[i:i + batch_size].astype(np.float32))
+        logits.append(np.asarray(z))
+        feats.append(np.asarray(f))
+    return np.concatenate(logits), np.concatenate(feats)
+
+
 def predict_logits(model, x, batch_size=64, views=None, forward=None):
     """Logits of `model` on the array x (N, S, S, 3), in batches; with `views`, the mean of the
     logits over those test-time augmentation views."""
@@ -107,10 +141,21 @@ def label_text(label, names):
     return label if name == label else f"{name} ({label})"
 
 
+@dataclass
+class Answer:
+    """One image's full answer: what the app and every client get (see docs/api.md)."""
+
+    probabilities: dict  # {label text: calibrated probability}
+    verdict: wrong_input.Verdict  # the wrong-input check
+    cam: np.ndarray | None  # raw class activation map (h, w) of the top class; None: no heatmap
+    rgb: np.ndarray  # the image as decoded, at display size (lungclf.heatmap.display_size)
+
+
 class Classifier:
     """A bundle ready to answer: the forward pass is traced and warmed up once, here, so a
     request only decodes its image and runs the graph. With tta=True the logits are
-    averaged over the bundle's views and calibrated with the temperature fitted for them."""
+    averaged over the bundle's views and calibrated with the temperature fitted for them;
+    the wrong-input check and the heatmap read the identity view (as they were fitted)."""
 
     def __init__(self, bundle, tta=False):
         self.bundle = bundle
@@ -120,8 +165,16 @@ class Classifier:
         self.temperature = (meta.tta.temperature or meta.calibration.temperature) if tta \
             else meta.calibration.temperature
         self.texts = [label_text(lab, bundle.names) for lab in bundle.labels]
+        self.reference = getattr(bundle, "reference", None)
         self.forward = forward_fn(bundle.model)
-        self.probabilities(np.zeros((1, self.size, self.size, 3), np.float32))  # trace, warm up
+        try:
+            self.explain = explain_fn(bundle.model)
+        except heatmap.NoHeatmap:
+            self.explain = None  # e.g. the benchmark's anchor network: answers without a heatmap
+        zeros = np.zeros((1, self.size, self.size, 3), np.float32)
+        self.probabilities(zeros)  # trace, warm up
+        if self.explain is not None:
+            self.explain(zeros)
 
     def probabilities(self, x):
         """Calibrated class probabilities of a batch x (N, S, S, 3), float32 0..255."""
@@ -135,3 +188,32 @@ class Classifier:
         preprocessing (lungclf.preprocess.load_image); raises ImageError for a bad image."""
         probs = self.probabilities(load_image(source, self.size)[None])[0]
         return dict(zip(self.texts, probs.tolist()))
+
+    def analyse(self, source):
+        """Image path or bytes -> Answer: calibrated probabilities, the wrong-input verdict
+        and the heatmap of the top class, from one traced call; raises ImageError."""
+        rgb = read_rgb(source, self.size)
+        x = resize(rgb, self.size).astype(np.float32)[None]
+        batch = tta_views(x, self.views) if len(self.views) > 1 else x
+        if self.explain is not None:
+            logits, feats, maps = (t.numpy() for t in self.explain(batch))
+        else:
+            (logits, feats), maps = (t.numpy() for t in self.forward(batch)), None
+        probs = calibrate(tta_mean(logits, len(self.views)), self.temperature)[0]
+        top = int(probs.argmax())
+        if self.reference is not None:
+            verdict = self.reference.check(x, feats[:1])[0]
+        else:
+            verdict = wrong_input.no_check(x)[0]
+        return Answer(dict(zip(self.texts, probs.tolist())), verdict,
+                      None if maps is None else maps[0, :, :, top], _display(rgb))
+
+
+def _display(rgb):
+    """The decoded image at display size (lungclf.heatmap.display_size), for the overlay."""
+    import cv2
+
+    h, w = heatmap.display_size(rgb.shape)
+    if (h, w) == rgb.shape[:2]:
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)

@@ -14,7 +14,10 @@ task, data, licences, library versions).
 Versions (the `schema` field):
     lung-classifier-bundle/1   preprocessing described in sentences
     lung-classifier-bundle/2   preprocessing as typed fields (resize and scaling codes);
-                               optional wrong-input reference (see lungclf/wrong_input.py)
+                               optional `wrong_input` block (WrongInput: the reference
+                               file's name, sha256, feature dimension, threshold, quantile,
+                               colour range, measured rates; see lungclf/wrong_input.py)
+                               and optional `examples` (files in examples/, for the card)
 A /1 file is read as /2 by `migrate`: the one preprocessing /1 could describe is /2's
 defaults. `python -m lungclf.bundle --upgrade FOLDER` rewrites a /1 metadata.json as /2.
 """
@@ -131,6 +134,22 @@ class Audit:
 
 
 @dataclass(frozen=True)
+class WrongInput:
+    """The wrong-input check's reference (lungclf/wrong_input.py): arrays in `file`, the rest here."""
+
+    sha256: str  # of `file`, checked before it is read
+    feature_dim: int  # D: the penultimate features' length
+    threshold: float  # Mahalanobis distance to the nearest class mean above which an image is flagged
+    quantile: float  # share of the validation split above the threshold (by construction)
+    colour_range: tuple[float, float]  # colourfulness (0..255) outside which an image is flagged
+    stats_threshold: float  # Mahalanobis distance of the pixel statistics above which an image is flagged
+    file: Literal["wrong_input.npz"] = "wrong_input.npz"
+    method: str = ""
+    fitted_on: str = "train"
+    rates: dict = field(default_factory=dict)  # measured shares flagged, for the card; not read by the app
+
+
+@dataclass(frozen=True)
 class Metadata:
     schema: Literal["lung-classifier-bundle/2"]
     name: str
@@ -145,6 +164,7 @@ class Metadata:
     tta: TTA = TTA()
     audit: Audit = Audit()
     description: str = ""
+    wrong_input: WrongInput | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -264,6 +284,15 @@ def parse_metadata(meta):
              m.tta.temperature)
     _require(m.tta.views and m.tta.views[0] == "identity", "tta.views", "a list starting with 'identity'",
              m.tta.views)
+    w = m.wrong_input
+    if w is not None:
+        _require(re.fullmatch(r"[0-9a-f]{64}", w.sha256), "wrong_input.sha256", "64 hex digits", w.sha256)
+        _require(w.feature_dim > 0, "wrong_input.feature_dim", "an integer > 0", w.feature_dim)
+        _require(w.threshold > 0, "wrong_input.threshold", "a number > 0", w.threshold)
+        _require(w.stats_threshold > 0, "wrong_input.stats_threshold", "a number > 0", w.stats_threshold)
+        _require(0 < w.quantile < 1, "wrong_input.quantile", "a number in (0, 1)", w.quantile)
+        _require(0 <= w.colour_range[0] <= w.colour_range[1], "wrong_input.colour_range",
+                 "[low, high] with 0 <= low <= high", list(w.colour_range))
     _require("test" in m.split.counts, "split.counts", "an object with a 'test' entry", list(m.split.counts))
     for name in ("accuracy", "macro_f1"):
         v = getattr(m.metrics.test, name)

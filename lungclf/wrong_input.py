@@ -1,0 +1,207 @@
+"""The wrong-input check: does an image look like the images the model was trained on?
+
+A classifier always answers with one of its classes, and these models are most confident
+on exactly the images they know nothing about (a photo, noise, a CT slice sent to the
+tissue model). Two checks, cheapest first, both fitted on the bundle's TRAINING split:
+
+    colour    the image's colourfulness (mean over pixels of max(R,G,B) - min(R,G,B), on the
+              model's input) outside the range of the training images: a grey image for a
+              model of coloured H&E tiles, a coloured one for a model of grey CT slices
+    pixels    eight pixel statistics (mean and spread of each channel, colourfulness, edge
+              strength) far from those of the training images (Mahalanobis distance above
+              the largest seen in training, plus a quarter): flat images, smooth gradients,
+              text on a plain background
+    features  the Mahalanobis distance of the network's penultimate features to the
+              nearest class mean, with one shared covariance (class-conditional Gaussians,
+              Lee et al. 2018, "A simple unified framework for detecting out-of-distribution
+              samples"); flagged above a threshold set on the VALIDATION split so that a
+              chosen share of in-distribution images (default 5%) would be flagged
+
+The reference is plain arrays in BUNDLE/wrong_input.npz, read with allow_pickle=False:
+
+    means      (classes, D)  float64  class means of the training features
+    precision  (D, D)        float64  inverse of the shared (shrinkage) covariance
+    stats_mean (8,)          float64  mean pixel statistics of the training images
+    stats_precision (8, 8)   float64  inverse of their (shrinkage) covariance
+
+and numbers in metadata.json's `wrong_input` block (lungclf.schema.WrongInput): file,
+sha256, feature dimension, threshold, quantile, colour range and the measured rates.
+Fitting (training/wrong_input.py) uses scikit-learn's Ledoit-Wolf shrinkage; serving is
+numpy only.
+
+    from lungclf.wrong_input import Reference
+    ref = Reference.load("models/lc25000/wrong_input.npz", meta.wrong_input, 3, "histopathology")
+    ref.check(x, features)   # -> a Verdict per image
+"""
+
+import io
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+FILE = "wrong_input.npz"
+ARRAYS = ("means", "precision", "stats_mean", "stats_precision")
+N_STATS = 8
+# What each modality's images are called in the warning a visitor reads.
+KINDS = {"histopathology": "histopathology tiles", "CT": "CT slices"}
+
+
+class ReferenceError(ValueError):
+    """A wrong_input.npz that cannot be used; the message names the failed check."""
+
+
+def colourfulness(x):
+    """Mean over pixels of max(R, G, B) - min(R, G, B) of a batch (N, H, W, 3), 0..255 -> (N,).
+    0 for a grey image; H&E tiles are pink and purple, well above it."""
+    x = np.asarray(x, np.float32)
+    return (x.max(axis=-1) - x.min(axis=-1)).mean(axis=(1, 2))
+
+
+def pixel_stats(x):
+    """Eight statistics per image of a batch (N, H, W, 3) 0..255 -> (N, 8): mean and standard
+    deviation of R, G and B, colourfulness, and mean edge strength (absolute differences of
+    neighbouring pixels' luminance)."""
+    x = np.asarray(x, np.float32)
+    grey = x.mean(axis=-1)
+    edges = np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))
+    return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), colourfulness(x)[:, None], edges[:, None]],
+                          axis=1).astype(np.float64)
+
+
+def mahalanobis(v, mean, precision):
+    d = np.asarray(v, np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, precision, d), 0.0))
+
+
+def kind_of(modality):
+    return KINDS.get(modality, f"{modality} images")
+
+
+@dataclass
+class Verdict:
+    """One image's answer, as the API and the page show it (see docs/api.md)."""
+
+    wrong_input: bool
+    check: str  # which check flagged it: "colour", "pixels" or "features"; "none": no reference
+    score: float | None  # distance to the nearest class mean
+    threshold: float | None
+    colourfulness: float | None
+    message: str  # empty when not flagged
+
+    def as_dict(self):
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Reference:
+    means: np.ndarray  # (C, D)
+    precision: np.ndarray  # (D, D)
+    stats_mean: np.ndarray  # (8,)
+    stats_precision: np.ndarray  # (8, 8)
+    threshold: float = float("inf")
+    stats_threshold: float = float("inf")
+    colour_range: tuple[float, float] = (0.0, 255.0)
+    modality: str = ""
+    quantile: float = 0.05
+
+    @property
+    def feature_dim(self):
+        return self.means.shape[1]
+
+    def distances(self, features):
+        """Mahalanobis distance of each row of features (N, D) to its nearest class mean -> (N,)."""
+        f = np.asarray(features, np.float64)
+        d = f[:, None, :] - self.means[None]  # (N, C, D)
+        sq = np.einsum("ncd,de,nce->nc", d, self.precision, d)
+        return np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+
+    def colour_ok(self, colour):
+        lo, hi = self.colour_range
+        return (colour >= lo) & (colour <= hi)
+
+    def stats_distances(self, x):
+        return mahalanobis(pixel_stats(x), self.stats_mean, self.stats_precision)
+
+    def flags(self, x, features):
+        """(flagged by colour, by pixel statistics, by features, distances, colourfulness), each (N,)."""
+        colour = colourfulness(x)
+        dist = self.distances(features)
+        return (~self.colour_ok(colour), self.stats_distances(x) > self.stats_threshold,
+                dist > self.threshold, dist, colour)
+
+    def check(self, x, features):
+        """A Verdict per image of the batch x (N, S, S, 3) 0..255 with its features (N, D)."""
+        by_colour, by_pixels, by_features, dist, colour = self.flags(x, features)
+        kind = kind_of(self.modality)
+        lo, _ = self.colour_range
+        out = []
+        for c, p, f, d, col in zip(by_colour, by_pixels, by_features, dist, colour):
+            check, why = "features", ""
+            if c:
+                check = "colour"
+                why = (f"It is {'a grey' if col < lo else 'a coloured'} image; the {kind} it was "
+                       f"trained on are {'coloured' if col < lo else 'grey'}.")
+            elif p:
+                check = "pixels"
+                why = (f"Its brightness, colours and edges are unlike those of any {kind[:-1]} the "
+                       "model was trained on.")
+            elif f:
+                why = (f"What the network sees in it is far from everything it learned: distance "
+                       f"{d:.1f}, where {self.threshold:.1f} is the limit (set so that "
+                       f"{1 - self.quantile:.0%} of the validation images pass).")
+            message = (f"This does not look like the {kind} this model was trained on; its answer "
+                       f"is not reliable. {why}") if why else ""
+            out.append(Verdict(bool(c or p or f), check, float(d), float(self.threshold), float(col),
+                               message))
+        return out
+
+    # ---------------------------------------------------------------- files
+
+    def arrays(self):
+        return {a: np.asarray(getattr(self, a), np.float64) for a in ARRAYS}
+
+    def save(self, path):
+        """Write the arrays to path (.npz, no pickle); returns its bytes' sha256."""
+        import hashlib
+
+        buf = io.BytesIO()
+        np.savez(buf, **self.arrays())
+        with open(path, "wb") as f:
+            f.write(buf.getvalue())
+        return hashlib.sha256(buf.getvalue()).hexdigest()
+
+    @classmethod
+    def load(cls, path, spec, n_classes, modality=""):
+        """Read path (an .npz of plain arrays, allow_pickle=False) and check it against the
+        metadata's wrong_input block `spec` (lungclf.schema.WrongInput); ReferenceError if not."""
+        name = os.path.basename(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [a for a in ARRAYS if a not in z.files]
+                if missing:
+                    raise ReferenceError(f"{name}: missing array(s) {', '.join(missing)}")
+                arrays = {a: z[a] for a in ARRAYS}
+        except ReferenceError:
+            raise
+        except ValueError as e:  # object arrays need pickle, which is refused
+            raise ReferenceError(f"{name}: not plain numeric arrays ({str(e).splitlines()[0][:120]})") from None
+        except (OSError, EOFError) as e:
+            raise ReferenceError(f"{name}: unreadable ({type(e).__name__})") from None
+        d, m = spec.feature_dim, N_STATS
+        shapes = {"means": (n_classes, d), "precision": (d, d), "stats_mean": (m,), "stats_precision": (m, m)}
+        for a, shape in shapes.items():
+            got = arrays[a]
+            if got.dtype.kind != "f" or got.shape != shape:
+                raise ReferenceError(f"{name}: {a} should be a float array of shape {list(shape)}, "
+                                     f"got {got.dtype} {list(got.shape)}")
+            if not np.isfinite(got).all():
+                raise ReferenceError(f"{name}: {a} holds NaN or infinite values")
+        return cls(*(arrays[a].astype(np.float64) for a in ARRAYS), threshold=spec.threshold,
+                   stats_threshold=spec.stats_threshold, colour_range=tuple(spec.colour_range),
+                   modality=modality, quantile=spec.quantile)
+
+
+def no_check(x):
+    """Verdicts for a bundle without a reference: nothing flagged, and it says so."""
+    return [Verdict(False, "none", None, None, float(c), "") for c in colourfulness(x)]

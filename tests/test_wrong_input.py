@@ -1,0 +1,192 @@
+"""The wrong-input check (lungclf/wrong_input.py): what it flags, how its reference is
+stored, and that every client of the running app sees its warning in the same answer.
+
+    python -m pytest tests/test_wrong_input.py -m "slow or not slow" -q
+
+Fast: distances against hand-computed ones; the reference reads back without pickle and
+an .npz that needs pickle is refused. Slow (a tiny bundle the tests train with the real
+training command): synthetic non-images are flagged and new in-distribution images pass;
+a tampered .npz is refused at start-up; gradio_client, @gradio/client (scripts/client.mjs
+under node) and raw curl/SSE against `python app.py` all carry the warning.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungclf.schema import WrongInput
+from lungclf.wrong_input import Reference, ReferenceError, colourfulness
+from tests.conftest import ROOT, blob_image, label_id
+
+WARNING = "does not look like the"
+
+
+def spec(d, **kw):
+    return WrongInput(**({"sha256": "0" * 64, "feature_dim": d, "threshold": 2.0, "quantile": 0.05,
+                          "colour_range": (0.0, 255.0), "stats_threshold": 1e9} | kw))
+
+
+def reference(d=4, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return Reference(rng.normal(size=(c, d)), np.eye(d), np.zeros(8), np.eye(8), threshold=2.0,
+                     stats_threshold=1e9)
+
+
+def test_distance_is_the_euclidean_distance_to_the_nearest_mean_with_identity_covariance():
+    ref = reference()
+    f = np.random.default_rng(5).normal(size=(6, 4))
+    expected = [min(np.sqrt(((row - m) ** 2).sum()) for m in ref.means) for row in f]
+    assert ref.distances(f) == pytest.approx(expected)
+
+
+def test_colourfulness_is_zero_for_grey_and_the_channel_spread_for_colour():
+    grey = np.full((1, 8, 8, 3), 90.0)
+    pink = np.zeros((1, 8, 8, 3)) + [230.0, 150.0, 200.0]
+    assert colourfulness(grey) == pytest.approx([0.0])
+    assert colourfulness(pink) == pytest.approx([80.0])
+
+
+def test_an_image_far_from_every_mean_is_flagged_with_a_message_for_visitors():
+    ref = reference()
+    ref.modality = "histopathology"
+    x = np.full((2, 8, 8, 3), 100.0)
+    near, far = ref.means[0] + 0.1, ref.means[0] + 50.0
+    ok, bad = ref.check(x, np.stack([near, far]))
+    assert not ok.wrong_input and ok.message == ""
+    assert bad.wrong_input and bad.check == "features" and bad.score > bad.threshold
+    assert bad.message.startswith("This does not look like the histopathology tiles this model was "
+                                  "trained on; its answer is not reliable.")
+
+
+def test_reference_reads_back_without_pickle(tmp_path):
+    ref = reference()
+    path = tmp_path / "wrong_input.npz"
+    ref.save(path)
+    back = Reference.load(str(path), spec(4), 3)
+    assert np.array_equal(back.means, ref.means) and np.array_equal(back.precision, ref.precision)
+
+
+def test_reference_that_needs_pickle_is_refused(tmp_path):
+    path = tmp_path / "wrong_input.npz"
+    np.savez(path, means=np.array([{"a": 1}] * 3, dtype=object), precision=np.eye(4),
+             stats_mean=np.zeros(8), stats_precision=np.eye(8))
+    with pytest.raises(ReferenceError, match="not plain numeric arrays"):
+        Reference.load(str(path), spec(4), 3)
+
+
+def test_reference_of_the_wrong_shape_is_refused(tmp_path):
+    path = tmp_path / "wrong_input.npz"
+    reference(d=5).save(path)
+    with pytest.raises(ReferenceError, match=r"means should be a float array of shape \[3, 4\]"):
+        Reference.load(str(path), spec(4), 3)
+
+
+# ---------------------------------------------------------------- with a trained bundle
+
+def noise(path, seed):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_synthetic_non_images_are_flagged_and_new_images_of_the_training_kind_pass(tiny_bundle):
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
+    from training.wrong_input import SYNTHETIC, synthetic
+
+    clf = Classifier(load(tiny_bundle["out"]))
+    assert clf.reference is not None
+    size = clf.size
+    for kind in SYNTHETIC:
+        x = synthetic(kind, 20, size, seed=11)
+        feats = clf.forward(x)[1].numpy()
+        flagged = np.mean([v.wrong_input for v in clf.reference.check(x, feats)])
+        assert flagged >= 0.9, f"{kind}: only {flagged:.0%} flagged"
+    from lungclf.preprocess import load_image
+
+    x = np.stack([load_image(_png(blob_image(c, 7000 + i)), size) for c in ("red", "green", "blue")
+                  for i in range(10)])
+    feats = clf.forward(x)[1].numpy()
+    assert np.mean([v.wrong_input for v in clf.reference.check(x, feats)]) <= 0.2
+
+
+def _png(im):
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_bundle_with_a_tampered_reference_is_refused(tiny_bundle, tmp_path):
+    from lungclf.bundle import BundleError, load
+
+    bundle = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle["out"], bundle)
+    with open(bundle / "wrong_input.npz", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(BundleError, match="sha256 of wrong_input.npz does not match metadata.json"):
+        load(str(bundle))
+
+
+@pytest.mark.slow
+def test_python_client_sees_the_warning_for_noise_and_none_for_a_training_like_image(tiny_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(tiny_server.url, verbose=False)
+    label, check, heatmap, words, grid = client.predict(handle_file(noise(tmp_path / "n.png", 1)),
+                                                        api_name="/predict")
+    assert check["wrong_input"] and WARNING in check["message"] and WARNING in words
+    assert label_id(label["label"]) in ("red", "green", "blue")  # still labelled, shown as unreliable
+    assert os.path.isfile(heatmap) and len(grid) > 0
+    blob_image("green", 8001).save(tmp_path / "g.png")
+    label, check, heatmap, words, _ = client.predict(handle_file(str(tmp_path / "g.png")), api_name="/predict")
+    assert not check["wrong_input"] and WARNING not in words
+    assert label_id(label["label"]) == "green"
+
+
+@pytest.mark.slow
+def test_scripts_client_py_prints_the_warning(tiny_server, tmp_path):
+    p = subprocess.run([sys.executable, "scripts/client.py", tiny_server.url, noise(tmp_path / "n.png", 2)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "NOT RELIABLE" in p.stdout and WARNING in p.stdout
+
+
+@pytest.mark.slow
+def test_js_client_sees_the_warning(tiny_server, tmp_path):
+    p = subprocess.run(["node", "scripts/client.mjs", tiny_server.url, noise(tmp_path / "n.png", 3)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    [result] = json.loads(p.stdout)
+    assert result["wrong_input"]["wrong_input"] is True and WARNING in result["wrong_input"]["message"]
+    assert result["heatmap"].startswith("http")
+
+
+@pytest.mark.slow
+def test_curl_sse_answer_carries_the_warning(tiny_server, tmp_path):
+    url = tiny_server.url.rstrip("/")
+    image = noise(tmp_path / "n.png", 4)
+    script = f"""set -e
+up=$(curl -s -F "files=@{image}" "{url}/gradio_api/upload")
+path=$(echo "$up" | python -c 'import json,sys; print(json.load(sys.stdin)[0])')
+id=$(curl -s -X POST "{url}/gradio_api/call/predict" -H "Content-Type: application/json" \\
+  -d "{{\\"data\\": [{{\\"path\\": \\"$path\\", \\"meta\\": {{\\"_type\\": \\"gradio.FileData\\"}}}}]}}" \\
+  | python -c 'import json,sys; print(json.load(sys.stdin)["event_id"])')
+curl -sN "{url}/gradio_api/call/predict/$id"
+"""
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    data = [line[len("data: "):] for line in p.stdout.splitlines() if line.startswith("data: ")]
+    label, check, heatmap, words, grid = json.loads(data[-1])
+    assert label_id(label["label"]) in ("red", "green", "blue")
+    assert check["wrong_input"] is True and WARNING in check["message"]
+    assert heatmap["url"].endswith(".jpeg") or heatmap["url"].endswith(".jpg")
