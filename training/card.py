@@ -95,6 +95,39 @@ def _pretrained_text(model):
             f"(licence {p['license']}; {p['origin']}), converted to Keras at training time")
 
 
+# The data sets' terms in words (the card's YAML carries the licence id).
+LICENCES = {"other": "research use as its authors allow; cite it", "cc-by-4.0": "CC BY 4.0; cite it",
+            "cc0-1.0": "CC0, as listed on public mirrors"}
+
+
+def _pct(v):
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _wrong_input(meta):
+    """(text, rows) of the 'Wrong-input check' section, from metadata.json's wrong_input block."""
+    w = meta.get("wrong_input")
+    if not w:
+        return "", []
+    r = w.get("rates", {})
+    test, val = r.get("test", {}), r.get("val", {})
+    text = (f"Method: {w.get('method', '')}. Fitted on the {w.get('fitted_on', 'train split')}; feature "
+            f"distance limit {w['threshold']:.2f}, pixel-statistics limit {w['stats_threshold']:.2f}, colourfulness "
+            f"range {w['colour_range'][0]:.1f}-{w['colour_range'][1]:.1f}. False warnings on the held-out "
+            f"test split: **{_pct(test.get('flagged'))}** of {test.get('images', 0)} images "
+            f"(validation, where the limit was set: {_pct(val.get('flagged'))}).")
+    if w.get("ood_data"):
+        text += (" Images of another kind used to measure it: " + ", ".join(f"`{d}`" for d in w["ood_data"])
+                 + " (all files under each folder, up to 400, seeded sample), and synthetic images made by "
+                 "`training/wrong_input.py`.")
+    if w.get("command"):
+        text += f"\n\nFitted for this bundle with:\n\n```bash\n{w['command']}\n```"
+    rows = [{"name": name, "images": v["images"], "flagged": _pct(v["flagged"]), "colour": _pct(v.get("by_colour")),
+             "pixels": _pct(v.get("by_pixels")), "features": _pct(v.get("by_features"))}
+            for name, v in r.get("wrong_inputs", {}).items()]
+    return text, rows
+
+
 def render(meta, classes, repo_id=None, revision=None):
     """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
     publishing) fill in the loading instructions, else they show OWNER/NAME."""
@@ -103,6 +136,7 @@ def render(meta, classes, repo_id=None, revision=None):
     names = classes["names"]
     per_class = test.get("per_class", {})
     audit_text, cv_text = _audit_text(meta), _cv_text(meta.get("cross_validation"))
+    wrong_input_text, wrong_input_rows = _wrong_input(meta)
     return ModelCard.from_template(
         card_data(meta),
         template_path=TEMPLATE,
@@ -131,6 +165,10 @@ def render(meta, classes, repo_id=None, revision=None):
         tta_text=_tta_text(meta),
         pretrained_text=_pretrained_text(meta["model"]),
         notes=meta.get("notes", ""),
+        wrong_input_text=wrong_input_text,
+        wrong_input_rows=wrong_input_rows,
+        examples=meta.get("examples") or [],
+        license=LICENCES.get(meta["data"].get("license", "other"), meta["data"].get("license")),
         train_minutes=f"{meta['training']['seconds'] / 60:.1f}",
         hardware=meta["training"]["hardware"],
         command=meta["training"]["command"],
