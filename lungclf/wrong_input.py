@@ -51,27 +51,32 @@ class ReferenceError(ValueError):
     """A wrong_input.npz that cannot be used; the message names the failed check."""
 
 
+def _channels(x):
+    x = np.asarray(x, np.float32)
+    return x[..., 0], x[..., 1], x[..., 2]
+
+
 def colourfulness(x):
     """Mean over pixels of max(R, G, B) - min(R, G, B) of a batch (N, H, W, 3), 0..255 -> (N,).
     0 for a grey image; H&E tiles are pink and purple, well above it."""
-    x = np.asarray(x, np.float32)
-    return (x.max(axis=-1) - x.min(axis=-1)).mean(axis=(1, 2))
+    r, g, b = _channels(x)
+    return (np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)).mean(axis=(1, 2))
 
 
 def pixel_stats(x):
     """Eight statistics per image of a batch (N, H, W, 3) 0..255 -> (N, 8): mean and standard
     deviation of R, G and B, colourfulness, and mean edge strength (absolute differences of
     neighbouring pixels' luminance)."""
-    x = np.asarray(x, np.float32)
-    grey = x.mean(axis=-1)
+    r, g, b = _channels(x)
+    grey = (r + g + b) / 3
     edges = np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))
-    return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), colourfulness(x)[:, None], edges[:, None]],
-                          axis=1).astype(np.float64)
+    return np.stack([c.mean(axis=(1, 2)) for c in (r, g, b)] + [c.std(axis=(1, 2)) for c in (r, g, b)]
+                    + [colourfulness(x), edges], axis=1).astype(np.float64)
 
 
 def mahalanobis(v, mean, precision):
     d = np.asarray(v, np.float64) - mean
-    return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", d, precision, d), 0.0))
+    return np.sqrt(np.maximum(((d @ precision) * d).sum(axis=-1), 0.0))
 
 
 def kind_of(modality):
@@ -113,7 +118,7 @@ class Reference:
         """Mahalanobis distance of each row of features (N, D) to its nearest class mean -> (N,)."""
         f = np.asarray(features, np.float64)
         d = f[:, None, :] - self.means[None]  # (N, C, D)
-        sq = np.einsum("ncd,de,nce->nc", d, self.precision, d)
+        sq = ((d @ self.precision) * d).sum(axis=-1)
         return np.sqrt(np.maximum(sq.min(axis=1), 0.0))
 
     def colour_ok(self, colour):
@@ -125,10 +130,11 @@ class Reference:
 
     def flags(self, x, features):
         """(flagged by colour, by pixel statistics, by features, distances, colourfulness), each (N,)."""
-        colour = colourfulness(x)
+        stats = pixel_stats(x)
+        colour = stats[:, 6]
         dist = self.distances(features)
-        return (~self.colour_ok(colour), self.stats_distances(x) > self.stats_threshold,
-                dist > self.threshold, dist, colour)
+        by_pixels = mahalanobis(stats, self.stats_mean, self.stats_precision) > self.stats_threshold
+        return ~self.colour_ok(colour), by_pixels, dist > self.threshold, dist, colour
 
     def check(self, x, features):
         """A Verdict per image of the batch x (N, S, S, 3) 0..255 with its features (N, D)."""
