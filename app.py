@@ -20,6 +20,9 @@ model's input and output shapes) and warmed up at start-up; a bundle that fails 
 start-up with one line saying which check failed, and exit status 2. The page and the
 API (/predict: an image, and optionally the model name; a gr.Label value back) are built
 when this module is imported, as Gradio's reload mode (`gradio app.py`) and Spaces expect.
+/predict answers with five outputs, the gr.Label value first (docs/api.md documents each):
+the label, the wrong-input check (JSON), the heatmap over the image, the check in words
+(Markdown) and the heatmap's raw grid (JSON).
 The serving code lives in lungclf/; this file holds the UI. For research and education
 only, not for diagnosis.
 """
@@ -33,8 +36,10 @@ import gradio as gr
 import numpy as np
 
 from lungclf.bundle import BundleError, load
-from lungclf.inference import Classifier, label_text
-from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError
+from lungclf.heatmap import normalise, overlay
+from lungclf.inference import Classifier, _display, label_text
+from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, read_rgb
+from lungclf.wrong_input import kind_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Without MODEL_REPO: the committed bundles, LC25000 first (the default model).
@@ -109,24 +114,73 @@ def example_rows(bundles):
 
 API_DESCRIPTION = ("Classify one lung image. image: the image file (JPEG, PNG, BMP, WebP, TIFF or "
                    f"GIF; up to {MAX_FILE_SIZE}). model: the name of a served model; omit it for "
-                   "the default. Returns the top class and the calibrated confidence of every "
-                   "class. For research and education only, not for diagnosis.")
+                   "the default. Returns, in order: the top class and the calibrated confidence of "
+                   "every class (a gr.Label value); the wrong-input check (wrong_input true means the "
+                   "image does not look like the model's training images and the label is not "
+                   "reliable; message, score, threshold); the heatmap of what the model looked at, "
+                   "over the image; the check in words; the heatmap's raw grid. See docs/api.md. "
+                   "For research and education only, not for diagnosis.")
+OPACITY = 0.5  # the heatmap's default opacity over the image
+
+
+def notice(verdict, modality):
+    """The wrong-input check in words a visitor understands, shown beside the label."""
+    if verdict.wrong_input:
+        return (f"### ⚠ Not reliable\n**{verdict.message}**\n\n"
+                f"<small>Check: {verdict.check}; distance {verdict.score:.1f}, limit {verdict.threshold:.1f}. "
+                "The label below is what the model would say, shown only for teaching.</small>")
+    if verdict.check == "none":
+        return "<small>This model has no wrong-input check: it answers for any image.</small>"
+    return (f"<small>Looks like the {kind_of(modality)} this model was trained on "
+            f"(distance {verdict.score:.1f}, limit {verdict.threshold:.1f}).</small>")
+
+
+def grid(cam):
+    """The raw map as a list of rows, 0..1 (JSON for the API and the opacity slider)."""
+    return None if cam is None else np.round(normalise(cam), 4).tolist()
+
+
+def blend(image, cam_grid, opacity):
+    """The heatmap over the image at `opacity`, from the image and the map's grid: the
+    opacity slider re-blends without running the model again."""
+    path = image.get("path") if isinstance(image, dict) else image
+    if not path or not cam_grid:
+        return None
+    try:
+        rgb = _display(read_rgb(path))
+    except ImageError:
+        return None
+    return overlay(rgb, np.asarray(cam_grid, np.float32), opacity)
 
 
 def build_demo(bundles):
+    """The whole app: the notice, then the single-image page (other pages add tabs here)."""
+    # delete_cache: every UPLOAD_TTL seconds, uploads older than UPLOAD_TTL are deleted.
+    with gr.Blocks(title="Lung image classifier (research only)",
+                   delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
+        gr.Markdown("# Lung image classifier\n" + NOTICE)
+        single_image_page(bundles)
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    return demo
+
+
+def single_image_page(bundles):
+    """One image in; the label, the wrong-input check beside it and the heatmap out (/predict)."""
     names = list(bundles)
     # The selector shows each model's modality and classes; its value (and the API's) is the name.
     choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
                for n, s in bundles.items()]
 
     def predict(image, model=None):
-        """Classify one lung image.
+        """Classify one lung image, check that it looks like the model's training images, and
+        show what the model looked at.
 
         Args:
             image: the image file (JPEG, PNG, BMP, WebP, TIFF or GIF) to classify.
             model: which model to use, by name; leave empty for the first (default) model.
         Returns:
-            The classes with their calibrated confidences, highest first.
+            The classes with their calibrated confidences; the wrong-input check; the heatmap
+            over the image; the check in words; the heatmap's raw grid.
         """
         if image is None:
             raise gr.Error("Upload an image first.", print_exception=False)
@@ -136,7 +190,10 @@ def build_demo(bundles):
                            print_exception=False)
         path = image.get("path") if isinstance(image, dict) else image
         try:
-            return served.classify(path)
+            answer = served.analyse(path)
+            picture = None if answer.cam is None else overlay(answer.rgb, answer.cam, OPACITY)
+            return (answer.probabilities, answer.verdict.as_dict(), picture,
+                    notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
         except ImageError as e:
             raise gr.Error(str(e), print_exception=False) from None  # the user's file: no traceback
         except Exception:
@@ -144,32 +201,35 @@ def build_demo(bundles):
             raise gr.Error("The image could not be classified. Try another file.",
                            print_exception=False) from None  # logged just above
 
-    # delete_cache: every UPLOAD_TTL seconds, uploads older than UPLOAD_TTL are deleted.
-    with gr.Blocks(title="Lung image classifier (research only)",
-                   delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
-        gr.Markdown("# Lung image classifier\n" + NOTICE)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300):
-                image = gr.Image(type="filepath", label="Lung image (histopathology tile or CT slice)",
-                                 sources=["upload", "clipboard"], height=320)
-                model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
-                button = gr.Button("Classify", variant="primary")
-            with gr.Column(scale=1, min_width=300):
-                label = gr.Label(num_top_classes=5, label="Prediction")
-                card = gr.Markdown(summary(bundles[names[0]].bundle))
-        gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=label,
-              api_name="predict", api_description=API_DESCRIPTION, preprocess=False)
-        rows = example_rows(bundles)
-        if rows:
-            # Lazy: an example is classified on its first click, so start-up stays fast. The
-            # cache lives in a fresh folder per run: one left on disk may be another model's.
-            os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="examples-"))
-            gr.Examples(rows, inputs=[image, model], outputs=label, fn=predict,
-                        cache_examples=True, cache_mode="lazy", examples_per_page=12,
-                        visible_columns=None if len(names) > 1 else [0])
-        model.change(lambda n: summary(bundles[n].bundle), model, card, api_name=False, queue=False)
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
-    return demo
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            image = gr.Image(type="filepath", label="Lung image (histopathology tile or CT slice)",
+                             sources=["upload", "clipboard"], height=320)
+            model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
+            button = gr.Button("Classify", variant="primary")
+        with gr.Column(scale=1, min_width=300):
+            check_text = gr.Markdown(elem_id="wrong-input-notice")
+            label = gr.Label(num_top_classes=5, label="Prediction")
+            check = gr.JSON(label="Wrong-input check", visible=False)
+            heat = gr.Image(type="numpy", format="jpeg", label="What the model looked at (class activation map)",
+                            interactive=False, height=320, elem_id="heatmap")
+            opacity = gr.Slider(0, 1, value=OPACITY, step=0.05, label="Heatmap opacity")
+            cam = gr.JSON(visible=False)
+            card = gr.Markdown(summary(bundles[names[0]].bundle))
+    outputs = [label, check, heat, check_text, cam]
+    gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=outputs,
+          api_name="predict", api_description=API_DESCRIPTION, preprocess=False)
+    opacity.change(blend, [image, cam, opacity], heat, api_name=False, queue=False,
+                   trigger_mode="always_last", preprocess=False)
+    rows = example_rows(bundles)
+    if rows:
+        # Lazy: an example is classified on its first click, so start-up stays fast. The
+        # cache lives in a fresh folder per run: one left on disk may be another model's.
+        os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="examples-"))
+        gr.Examples(rows, inputs=[image, model], outputs=outputs, fn=predict,
+                    cache_examples=True, cache_mode="lazy", examples_per_page=12,
+                    visible_columns=None if len(names) > 1 else [0])
+    model.change(lambda n: summary(bundles[n].bundle), model, card, api_name=False, queue=False)
 
 
 def keep_delete_cache_alive():

@@ -23,7 +23,8 @@ The apps:
     anchor   the seed projects' network (training.model.anchor) at 256 x 256 with random
              weights, written as a bundle in a temp folder and served by the same app.py
     floor    app.py's page with the same components, queue settings and protocol, its predict
-             replaced by a no-op answering a constant gr.Label value (--serve-floor); the
+             replaced by a no-op answering constants (a gr.Label value, a wrong-input check,
+             no heatmap; --serve-floor); the
              bundle is loaded but never called, so its start-up and memory are ours
 
 plus the bare forward pass (the compiled function app.py calls, batch of 1) of ours and the
@@ -61,7 +62,10 @@ def serve_floor():
     texts = next(iter(app.BUNDLES.values())).texts
     demo = app.demo
     fn = next(f for f in demo.fns.values() if f.api_name == "predict")
-    fn.fn = lambda image, model=None: {t: 1 / len(texts) for t in texts}
+    # The same five outputs as app.py's predict (docs/api.md), constant, with no heatmap image.
+    check = {"wrong_input": False, "check": "features", "score": 1.0, "threshold": 2.0, "colourfulness": 50.0,
+             "message": ""}
+    fn.fn = lambda image, model=None: ({t: 1 / len(texts) for t in texts}, check, None, "", None)
     app.keep_delete_cache_alive()
     demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False, state_session_capacity=app.SESSIONS)
 
@@ -74,7 +78,7 @@ def serve_batched(max_batch):
     demo = app.demo
     fn = next(f for f in demo.fns.values() if f.api_name == "predict")
     single = fn.fn
-    fn.fn = lambda images, models: [[single(im, m) for im, m in zip(images, models)]]
+    fn.fn = lambda images, models: [list(out) for out in zip(*[single(im, m) for im, m in zip(images, models)])]
     fn.batch, fn.max_batch_size, fn.concurrency_limit = True, max_batch, 1
     app.keep_delete_cache_alive()
     demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False, state_session_capacity=app.SESSIONS)

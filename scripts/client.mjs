@@ -4,9 +4,13 @@
 //     node scripts/client.mjs http://127.0.0.1:7860/ tile.jpeg
 //     node scripts/client.mjs owner/space-name tile1.jpeg tile2.png --model lc25000
 //
-// Prints a JSON array with one object per image: {file, label, confidence, confidences}, or
-// {file, error} for an image the app refused (the exit code is then 1). Set HF_TOKEN to call
-// a private Space. For research and education only, not for diagnosis.
+// Prints a JSON array with one object per image: {file, label, confidence, confidences,
+// wrong_input, heatmap}, or {file, error} for an image the app refused (the exit code is then
+// 1). wrong_input is the app's check: wrong_input.wrong_input true means the image does not look
+// like the model's training images and the label is not reliable (wrong_input.message says why,
+// also printed on stderr); heatmap is the URL of the heatmap image. /predict's outputs are
+// documented in docs/api.md. Set HF_TOKEN to call a private Space. For research and education
+// only, not for diagnosis.
 
 import { basename } from "node:path";
 import { existsSync } from "node:fs";
@@ -47,7 +51,9 @@ async function classify(client, path, model) {
     });
     const { label, confidences } = data[0];
     const confidence = confidences.find((c) => c.label === label).confidence;
-    return { file, label, confidence, confidences };
+    const wrong_input = data[1];
+    if (wrong_input?.wrong_input) console.error(`${file}: NOT RELIABLE: ${wrong_input.message}`);
+    return { file, label, confidence, confidences, wrong_input, heatmap: data[2]?.url ?? null };
   } catch (e) {
     return { file, error: message(e) };
   }

@@ -4,9 +4,12 @@
     python scripts/client.py owner/space-name scans/*.png --csv predictions.csv
     python scripts/client.py http://127.0.0.1:7860/ tile.jpeg --model lc25000
 
-Prints one tab-separated line per image: file name, label, confidence of that label. An
-image the app refuses (not an image, too large) prints its message on stderr, the other
-images go on, and the exit code is 1. Set HF_TOKEN to call a private Space.
+Prints one tab-separated line per image: file name, label, confidence of that label, and
+"ok" or "NOT RELIABLE: <why>" from the app's wrong-input check (the image does not look
+like the model's training images, so its label means nothing). --heatmaps DIR saves each
+image's heatmap there. An image the app refuses (not an image, too large) prints its
+message on stderr, the other images go on, and the exit code is 1. Set HF_TOKEN to call a
+private Space. /predict's outputs are documented in docs/api.md.
 
 For research and education only, not for diagnosis.
 """
@@ -14,6 +17,7 @@ For research and education only, not for diagnosis.
 import argparse
 import csv
 import os
+import shutil
 import sys
 
 from gradio_client import Client, handle_file
@@ -27,20 +31,29 @@ def top(result):
     return label, confidence
 
 
-def classify(client, paths, model=None):
-    """Yield (file name, label, confidence, error) for each image; error is None on success."""
+def classify(client, paths, model=None, heatmaps=None):
+    """Yield (file name, label, confidence, check, error) for each image: check is the
+    wrong-input check's answer (a dict, see docs/api.md); error is None on success."""
     extra = {"model": model} if model else {}
     for path in paths:
         name = os.path.basename(path)
         if not os.path.isfile(path):
-            yield name, None, None, f"no such file: {path}"
+            yield name, None, None, None, f"no such file: {path}"
             continue
         try:
-            result = client.predict(image=handle_file(path), api_name="/predict", **extra)
+            label, check, heatmap, *_ = client.predict(image=handle_file(path), api_name="/predict", **extra)
         except AppError as e:  # a gr.Error raised by the app: its message is for the user
-            yield name, None, None, str(e)
+            yield name, None, None, None, str(e)
             continue
-        yield (name, *top(result), None)
+        if heatmaps and heatmap:
+            os.makedirs(heatmaps, exist_ok=True)
+            shutil.copyfile(heatmap, os.path.join(heatmaps, os.path.splitext(name)[0] + "_heatmap.jpeg"))
+        yield (name, *top(label), check, None)
+
+
+def reliability(check):
+    """'ok', or 'NOT RELIABLE: <why>' when the wrong-input check flagged the image."""
+    return f"NOT RELIABLE: {check['message']}" if check and check.get("wrong_input") else "ok"
 
 
 def main(argv=None):
@@ -50,7 +63,9 @@ def main(argv=None):
     parser.add_argument("src", metavar="URL_OR_SPACE_ID",
                         help="the app, e.g. http://127.0.0.1:7860/ or owner/space-name")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
-    parser.add_argument("--csv", metavar="FILE", help="also write file,label,confidence,error rows here")
+    parser.add_argument("--csv", metavar="FILE",
+                        help="also write file,label,confidence,wrong_input,message,error rows here")
+    parser.add_argument("--heatmaps", metavar="DIR", help="save each image's heatmap (JPEG) in this folder")
     parser.add_argument("--model", metavar="NAME",
                         help="which served model to use (default: the app's first model)")
     args = parser.parse_args(argv)
@@ -62,18 +77,20 @@ def main(argv=None):
         print(f"error: cannot connect to {args.src}: {e}", file=sys.stderr)
         return 2
     rows = []
-    for name, label, confidence, error in classify(client, args.images, args.model):
-        rows.append((name, label, confidence, error))
+    for name, label, confidence, check, error in classify(client, args.images, args.model, args.heatmaps):
+        flagged = bool(check and check.get("wrong_input"))
+        rows.append((name, label, confidence, flagged if check else None,
+                     check.get("message", "") if check else None, error))
         if error:
             print(f"{name}: {error}", file=sys.stderr)
         else:
-            print(f"{name}\t{label}\t{confidence:.4f}", flush=True)
+            print(f"{name}\t{label}\t{confidence:.4f}\t{reliability(check)}", flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "label", "confidence", "error"])
+            writer.writerow(["file", "label", "confidence", "wrong_input", "message", "error"])
             writer.writerows(("" if v is None else v for v in row) for row in rows)
-    return 1 if any(row[3] for row in rows) else 0
+    return 1 if any(row[5] for row in rows) else 0
 
 
 if __name__ == "__main__":
