@@ -120,6 +120,8 @@ def _wrong_input(meta):
         text += (" Images of another kind used to measure it: " + ", ".join(f"`{d}`" for d in w["ood_data"])
                  + " (all files under each folder, up to 400, seeded sample), and synthetic images made by "
                  "`training/wrong_input.py`.")
+    if w.get("notes"):
+        text += f"\n\n{w['notes']}"
     if w.get("command"):
         text += f"\n\nFitted for this bundle with:\n\n```bash\n{w['command']}\n```"
     rows = [{"name": name, "images": v["images"], "flagged": _pct(v["flagged"]), "colour": _pct(v.get("by_colour")),

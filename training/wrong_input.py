@@ -208,7 +208,7 @@ def write_examples(bundle, data_root, paths, labels, ok, n=6, seed=0):
 
 
 def fit_bundle(bundle, model, data, ood_dirs=(), quantile=0.05, examples=6, ood_limit=400, seed=0,
-               shrinkage=None, command=None, log=print):
+               shrinkage=None, command=None, notes="", log=print):
     """Fit, measure and write the check (and examples) into a written bundle folder.
 
     `data`: training.train.Prepared (x, y, split, paths relative to data_dir, labels)."""
@@ -234,7 +234,7 @@ def fit_bundle(bundle, model, data, ood_dirs=(), quantile=0.05, examples=6, ood_
         "method": METHOD.format(q=quantile, s=shrinkage, how="Ledoit-Wolf" if chosen is None else "chosen"),
         "fitted_on": f"train split ({int(tr.sum())} images)", "shrinkage": round(shrinkage, 4),
         "ood_data": list(ood_dirs), "rates": rates,
-    } | ({"command": command} if command else {})
+    } | ({"command": command} if command else {}) | ({"notes": notes} if notes else {})
     ok = ~np.any(ref.flags(x[te], f_te)[:3], axis=0)
     test_paths = [p for p, m in zip(data.paths, te) if m]
     test_labels = [data.labels[c] for c in y[te]]
@@ -308,7 +308,8 @@ def main(argv=None):
     model = load(args.bundle).model
     fit_bundle(args.bundle, model, prepared, args.ood_data, args.wrong_input_quantile, args.examples,
                args.ood_limit, raw["split"].get("seed", 0), args.wrong_input_shrinkage,
-               "python -m training.wrong_input " + shlex.join(sys.argv[1:] if argv is None else argv))
+               "python -m training.wrong_input " + shlex.join(sys.argv[1:] if argv is None else argv),
+               args.wrong_input_notes)
 
 
 def add_arguments(p):
@@ -322,6 +323,8 @@ def add_arguments(p):
                    help="shrink the features' covariance this far (0..1) towards a scaled identity "
                    "(default: Ledoit-Wolf's own estimate); more shrinkage, fewer false warnings on new "
                    "scans and fewer flags on the same modality")
+    p.add_argument("--wrong-input-notes", default="", metavar="TEXT",
+                   help="a sentence for the card's wrong-input section (how the settings were chosen)")
     p.add_argument("--examples", type=int, default=6, metavar="N",
                    help="test-split images copied into BUNDLE/examples/ (default 6; 0: none)")
     p.add_argument("--ood-limit", type=int, default=400, metavar="N",
