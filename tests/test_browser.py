@@ -2,9 +2,8 @@
 
 Files reach the page the way a person's do: a drag-and-drop event sequence (dragenter,
 dragover, drop) carrying a DataTransfer with the file, dispatched on the image input.
-The README's screenshot is the one the first test takes; to rewrite docs/screenshot.png:
-
-    UPDATE_DOCS=1 python -m pytest tests/test_browser.py -m slow -k dropped_image
+The README's screenshots are taken by tests/test_browser_explain.py (a real example, and
+the warning on a wrong input).
 
 No browser is downloaded: Playwright drives /usr/bin/chromium (scripts/install_dev.sh
 installs it with apt).
@@ -34,12 +33,6 @@ def test_dropped_image_gets_the_label_of_a_direct_model_call(default_server, com
     drop_file(page, open_app(page, default_server.url), tile, "image/jpeg")
     probs = committed_model_predict(str(tile))
     assert label_id(shown_label(page)) == max(probs, key=probs.get)
-    page.wait_for_timeout(500)  # let the confidence bars finish animating
-    shot = tmp_path / "screenshot.png"
-    page.screenshot(path=shot)
-    if os.environ.get("UPDATE_DOCS"):
-        os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-        shutil.copy(shot, os.path.join(ROOT, "docs", "screenshot.png"))
 
 
 def test_dropped_text_file_is_refused_with_a_message(default_server, page, tmp_path):

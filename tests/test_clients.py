@@ -119,7 +119,7 @@ def _run_curl_recipe(url, image, cwd):
 def test_readme_curl_recipe_streams_the_label_of_a_direct_model_call(default_server, committed_model_predict,
                                                                       tiles, tmp_path):
     events = _run_curl_recipe(default_server.url, os.path.basename(tiles[1]), tmp_path)
-    [result] = json.loads(events["complete"])
+    result = json.loads(events["complete"])[0]  # output 0: the gr.Label value
     expected = committed_model_predict(tiles[1])
     assert label_id(result["label"]) == top(expected)
     assert confidences(result) == pytest.approx(expected, abs=1e-5)

@@ -61,15 +61,15 @@ def test_the_api_lists_both_models_first_as_default(client):
 def test_predict_without_the_model_input_uses_the_first_model(client, image):
     from gradio_client import handle_file
 
-    assert labels_in(client.predict(handle_file(image), api_name="/predict")) == {"blue", "green", "red"}
+    assert labels_in(client.predict(handle_file(image), api_name="/predict")[0]) == {"blue", "green", "red"}
 
 
 def test_predict_with_the_model_input_uses_the_chosen_model(client, image):
     from gradio_client import handle_file
 
-    result = client.predict(handle_file(image), "tiny-ct", api_name="/predict")
+    result = client.predict(handle_file(image), "tiny-ct", api_name="/predict")[0]
     assert labels_in(result) == set(CT_CLASSES)
-    assert labels_in(client.predict(handle_file(image), "tiny", api_name="/predict")) == {"blue", "green", "red"}
+    assert labels_in(client.predict(handle_file(image), "tiny", api_name="/predict")[0]) == {"blue", "green", "red"}
 
 
 def test_an_unknown_model_name_is_refused_with_the_choices(client, image):

@@ -203,7 +203,7 @@ def _client(url):
 def _predict(client, path):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(path), api_name="/predict")
+    return client.predict(handle_file(path), api_name="/predict")[0]  # output 0: the gr.Label value
 
 
 @pytest.fixture(scope="module")
