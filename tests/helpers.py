@@ -62,10 +62,11 @@ def confidences(result):
 
 
 def predict(url, path, *args):
-    """One /predict call through gradio_client: the image at `path`, then any other inputs."""
+    """One /predict call through gradio_client: the image at `path`, then any other inputs;
+    returns output 0, the gr.Label value (docs/api.md lists the others)."""
     from gradio_client import Client, handle_file
 
-    return Client(url, verbose=False).predict(handle_file(path), *args, api_name="/predict")
+    return Client(url, verbose=False).predict(handle_file(path), *args, api_name="/predict")[0]
 
 
 def readme_block(lang, containing):

@@ -12,12 +12,10 @@ docs/screenshot-warning.png (a wrong input):
 import os
 import shutil
 
-import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import ROOT
-from tests.test_browser import browser, drop_file, open_app, page, shown_label  # noqa: F401 (fixtures)
+from tests.helpers import ROOT, drop_file, open_app, shown_label
 
 pytestmark = pytest.mark.slow
 WARNING = "This does not look like the histopathology tiles this model was trained on; its answer is not reliable."

@@ -61,7 +61,7 @@ def copy_bundle(tiny_bundle, folder):
 def predict(url, image, model):
     from gradio_client import Client, handle_file
 
-    return label_id(Client(url, verbose=False).predict(handle_file(image), model, api_name="/predict")["label"])
+    return label_id(Client(url, verbose=False).predict(handle_file(image), model, api_name="/predict")[0]["label"])
 
 
 @pytest.fixture(scope="module")

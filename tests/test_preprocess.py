@@ -92,7 +92,7 @@ def test_app_through_gradio_sees_the_tensor_training_sees(tmp_path, tiny_bundle,
     labels = tiny_bundle["meta"]["classes"]
     client = Client(tiny_server.url, verbose=False)
     for it, probs in zip(kept, expected):
-        got = client.predict(handle_file(os.path.join(tmp_path, it.path)), api_name="/predict")
+        got = client.predict(handle_file(os.path.join(tmp_path, it.path)), api_name="/predict")[0]
         by_label = confidences(got)
         assert [round(by_label[lab], 5) for lab in labels] == [round(float(p), 5) for p in probs], it.path
     assert sorted(os.path.basename(it.path) for it in kept) == sorted(names)

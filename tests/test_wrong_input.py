@@ -22,7 +22,7 @@ from PIL import Image
 
 from lungclf.schema import WrongInput
 from lungclf.wrong_input import Reference, ReferenceError, colourfulness
-from tests.conftest import ROOT, blob_image, label_id
+from tests.helpers import ROOT, blob_image, label_id
 
 WARNING = "does not look like the"
 
@@ -162,6 +162,7 @@ def test_scripts_client_py_prints_the_warning(tiny_server, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.node
 def test_js_client_sees_the_warning(tiny_server, tmp_path):
     p = subprocess.run(["node", "scripts/client.mjs", tiny_server.url, noise(tmp_path / "n.png", 3)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
