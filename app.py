@@ -227,7 +227,7 @@ def single_image_page(bundles):
         # cache lives in a fresh folder per run: one left on disk may be another model's.
         os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="examples-"))
         gr.Examples(rows, inputs=[image, model], outputs=outputs, fn=predict,
-                    cache_examples=True, cache_mode="lazy", examples_per_page=12,
+                    cache_examples=True, cache_mode="lazy", examples_per_page=12, elem_id="examples",
                     visible_columns=None if len(names) > 1 else [0])
     model.change(lambda n: summary(bundles[n].bundle), model, card, api_name=False, queue=False)
 

@@ -32,9 +32,10 @@ def heatmap_src(page):
 
 
 def save_doc(page, tmp_path, name):
+    page.evaluate("window.scrollTo(0, 0)")  # the top of the page: input, warning, label, heatmap
     page.wait_for_timeout(600)  # let the confidence bars finish animating
     shot = tmp_path / name
-    page.screenshot(path=shot, full_page=True)
+    page.screenshot(path=shot)
     if os.environ.get("UPDATE_DOCS"):
         shutil.copy(shot, os.path.join(ROOT, "docs", name))
 
@@ -66,9 +67,9 @@ def test_wrong_input_shows_the_warning_beside_the_label_and_a_heatmap(default_se
 
 def test_clicking_an_example_shows_a_label_a_heatmap_and_no_warning(default_server, page, tmp_path):
     open_app(page, default_server.url)
-    thumbnails = page.locator(".gallery-item")
-    thumbnails.first.wait_for()
-    thumbnails.nth(0).click()
+    first_example = page.locator("#examples img").first  # an lc25000 test-split tile
+    first_example.wait_for()
+    first_example.click()
     assert shown_label(page)
     first = heatmap_src(page)
     notice(page).filter(has_text="Looks like the histopathology tiles").wait_for()
