@@ -14,11 +14,17 @@ For each bundle, batch of 1, the traced functions app.py calls (lungclf.inferenc
 The calls are interleaved (forward, explain, ... in turn), so a change of load on this
 shared machine hits them alike. Prints medians (ms) and the ratios to the forward pass;
 the target for explain is <= 1.2x.
+
+--record writes the figures into each bundle's metadata.json (`measured.heatmap`) and
+re-renders its card; with --serving-json FILE (the --json of scripts/benchmark_serving.py
+run on that one bundle with --apps ours,floor) it records the serving figures too
+(`measured.serving`).
 """
 
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -77,6 +83,10 @@ def main(argv=None):
                    help="bundle folders (default: the committed ones)")
     p.add_argument("--n", type=int, default=300, help="timed calls of each kind per bundle (default 300)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--record", action="store_true", help="write the figures into each bundle's metadata.json "
+                   "(measured.heatmap) and re-render its card")
+    p.add_argument("--serving-json", metavar="FILE", help="with --record and one bundle: also record "
+                   "scripts/benchmark_serving.py's --json output for it (measured.serving)")
     args = p.parse_args(argv)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; medians of {args.n} calls, batch of 1\n")
     print("| bundle | network | forward ms | explain ms (x) | + check ms (x) | + overlay ms (x) |")
@@ -93,7 +103,41 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"n": args.n, "load": os.getloadavg(), "bundles": rows}, f, indent=2)
+    if args.record:
+        command = "python scripts/benchmark_heatmap.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        for folder, r in zip(args.models, rows):
+            record(folder, r, command, args.serving_json if len(args.models) == 1 else None)
     return rows
+
+
+def record(folder, row, command, serving_json=None):
+    """measured.heatmap (and measured.serving) into FOLDER/metadata.json; re-render the card."""
+    from lungclf.bundle import write_json
+    from training.card import write
+
+    path = os.path.join(folder, "metadata.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    measured = meta.setdefault("measured", {})
+    measured["heatmap"] = {"ms": {k: round(v, 2) for k, v in row["ms"].items()},
+                           "ratio": {k: round(v, 3) for k, v in row["ratio"].items()},
+                           "load": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
+                           "command": command.replace(ROOT + os.sep, "")}
+    if serving_json:
+        with open(serving_json) as f:
+            s = json.load(f)
+        runs, fwd = s["runs"], s["forward_ms"]["ours"]
+        med = lambda app, key: float(np.median([r[key] for r in runs[app]]))  # noqa: E731
+        floor = med("floor", "p50_ms") + fwd
+        measured["serving"] = {"p50_ms": round(med("ours", "p50_ms"), 1), "floor_ms": round(floor, 1),
+                               "p50_over_floor": round(med("ours", "p50_ms") / floor, 3),
+                               "rps_16_clients": round(med("ours", "rps"), 1),
+                               "floor_rps_16_clients": round(med("floor", "rps"), 1),
+                               "runs": len(runs["ours"]), "load": [round(v[0], 1) for v in s["load"]],
+                               "command": "python scripts/benchmark_serving.py --model "
+                                          f"{os.path.relpath(folder, ROOT)} --apps ours,floor"}
+    write_json(path, meta)
+    write(folder)
 
 
 if __name__ == "__main__":

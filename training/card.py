@@ -130,6 +130,26 @@ def _wrong_input(meta):
     return text, rows
 
 
+def _measured(meta):
+    """A sentence or two on what the heatmap and the check cost, when they were measured."""
+    m = meta.get("measured", {})
+    h, s = m.get("heatmap"), m.get("serving")
+    out = []
+    if h:
+        ms, x = h["ms"], h["ratio"]
+        out.append(f"Cost, batch of 1 on {h['cores']} CPU cores at load {h['load']} (`{h['command']}`): "
+                   f"forward pass {ms['forward']:.1f} ms; with the maps {ms['explain']:.1f} ms "
+                   f"({x['explain']:.2f}x); with the wrong-input check {ms['+ check']:.1f} ms ({x['+ check']:.2f}x); "
+                   f"with the picture over a 224 px image {ms['+ overlay']:.1f} ms ({x['+ overlay']:.2f}x).")
+    if s:
+        out.append(f"Served by the app with all of it on (`{s['command']}`, median of {s['runs']} runs, load "
+                   f"{s['load'][0]}-{s['load'][-1]}): p50 {s['p50_ms']:.0f} ms against a floor of "
+                   f"{s['floor_ms']:.0f} ms ({s['p50_over_floor']:.2f}x; the floor is the same page answering "
+                   f"constants, plus the bare forward pass); {s['rps_16_clients']:.1f} requests/s with 16 "
+                   f"clients (floor app: {s['floor_rps_16_clients']:.1f}).")
+    return " ".join(out)
+
+
 def render(meta, classes, repo_id=None, revision=None):
     """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
     publishing) fill in the loading instructions, else they show OWNER/NAME."""
@@ -168,6 +188,7 @@ def render(meta, classes, repo_id=None, revision=None):
         pretrained_text=_pretrained_text(meta["model"]),
         notes=meta.get("notes", ""),
         wrong_input_text=wrong_input_text,
+        measured_text=_measured(meta),
         wrong_input_rows=wrong_input_rows,
         examples=meta.get("examples") or [],
         license=LICENCES.get(meta["data"].get("license", "other"), meta["data"].get("license")),

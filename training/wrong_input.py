@@ -10,9 +10,11 @@ split's fingerprint against metadata.json and refuses if they differ, then:
 
   1. runs the network on the TRAINING split and fits the reference of lungclf/wrong_input.py:
      class means of the penultimate features and one shared covariance with Ledoit-Wolf
-     shrinkage (scikit-learn, here only), plus the colourfulness range of the images;
-  2. sets the threshold on the VALIDATION split so that --quantile of it (default 5%) is
-     flagged;
+     shrinkage (or --wrong-input-shrinkage; scikit-learn, here only), the pixel statistics'
+     mean and covariance (flagging beyond 1.25 x the largest training distance), and the
+     colourfulness range of the images;
+  2. sets the feature threshold on the VALIDATION split so that --wrong-input-quantile of
+     it (default 5%) is flagged by any of the checks;
   3. measures the share flagged on the held-out TEST split (false warnings), on synthetic
      wrong inputs made here (noise, flat, gradients, text) and on every --ood-data folder
      (images of another kind: all files under it, up to --ood-limit, seeded);
