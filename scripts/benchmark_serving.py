@@ -23,8 +23,8 @@ The apps:
     anchor   the seed projects' network (training.model.anchor) at 256 x 256 with random
              weights, written as a bundle in a temp folder and served by the same app.py
     floor    app.py's page with the same components, queue settings and protocol, its predict
-             replaced by a no-op answering constants (a gr.Label value, a wrong-input check,
-             no heatmap; --serve-floor); the
+             replaced by a no-op answering constants (a gr.Label value, a wrong-input check, a
+             224 x 224 picture in the heatmap's place, as the client fetches it; --serve-floor); the
              bundle is loaded but never called, so its start-up and memory are ours
 
 plus the bare forward pass (the compiled function app.py calls, batch of 1) of ours and the
@@ -62,10 +62,15 @@ def serve_floor():
     texts = next(iter(app.BUNDLES.values())).texts
     demo = app.demo
     fn = next(f for f in demo.fns.values() if f.api_name == "predict")
-    # The same five outputs as app.py's predict (docs/api.md), constant, with no heatmap image.
+    # The same five outputs as app.py's predict (docs/api.md), constant: the label, the check, a
+    # heatmap-sized picture (an image output is a file the client fetches: protocol, not work),
+    # the words and the grid.
     check = {"wrong_input": False, "check": "features", "score": 1.0, "threshold": 2.0, "colourfulness": 50.0,
              "message": ""}
-    fn.fn = lambda image, model=None: ({t: 1 / len(texts) for t in texts}, check, None, "", None)
+    picture = np.full((224, 224, 3), 128, np.uint8)
+    grid = np.full((8, 8), 0.5).tolist()
+    fn.fn = lambda image, model=None: ({t: 1 / len(texts) for t in texts}, check, picture,
+                                       "<small>Looks like the images this model was trained on.</small>", grid)
     app.keep_delete_cache_alive()
     demo.launch(max_file_size=app.MAX_FILE_SIZE, show_error=False, state_session_capacity=app.SESSIONS)
 
