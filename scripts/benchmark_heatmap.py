@@ -24,7 +24,6 @@ run on that one bundle with --apps ours,floor) it records the serving figures to
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 
@@ -104,8 +103,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"n": args.n, "load": os.getloadavg(), "bundles": rows}, f, indent=2)
     if args.record:
-        command = "python scripts/benchmark_heatmap.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         for folder, r in zip(args.models, rows):
+            command = f"python scripts/benchmark_heatmap.py --models {os.path.relpath(folder, ROOT)} --n {args.n}"
             record(folder, r, command, args.serving_json if len(args.models) == 1 else None)
     return rows
 
@@ -122,7 +121,7 @@ def record(folder, row, command, serving_json=None):
     measured["heatmap"] = {"ms": {k: round(v, 2) for k, v in row["ms"].items()},
                            "ratio": {k: round(v, 3) for k, v in row["ratio"].items()},
                            "load": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
-                           "command": command.replace(ROOT + os.sep, "")}
+                           "command": command}
     if serving_json:
         with open(serving_json) as f:
             s = json.load(f)
