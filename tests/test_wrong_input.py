@@ -180,13 +180,14 @@ def test_curl_sse_answer_carries_the_warning(tiny_server, tmp_path):
 up=$(curl -s -F "files=@{image}" "{url}/gradio_api/upload")
 path=$(echo "$up" | python -c 'import json,sys; print(json.load(sys.stdin)[0])')
 id=$(curl -s -X POST "{url}/gradio_api/call/predict" -H "Content-Type: application/json" \\
-  -d "{{\\"data\\": [{{\\"path\\": \\"$path\\", \\"meta\\": {{\\"_type\\": \\"gradio.FileData\\"}}}}]}}" \\
+  -d "{{\\"data\\": [{{\\"path\\": \\"$path\\", \\"meta\\": {{\\"_type\\": \\"gradio.FileData\\"}}}}, null]}}" \\
   | python -c 'import json,sys; print(json.load(sys.stdin)["event_id"])')
 curl -sN "{url}/gradio_api/call/predict/$id"
 """
     p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     data = [line[len("data: "):] for line in p.stdout.splitlines() if line.startswith("data: ")]
+    assert "event: complete" in p.stdout, p.stdout[-500:]
     label, check, heatmap, words, grid = json.loads(data[-1])
     assert label_id(label["label"]) in ("red", "green", "blue")
     assert check["wrong_input"] is True and WARNING in check["message"]

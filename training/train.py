@@ -15,6 +15,10 @@ The steps, one function each, called in this order by `train(args)`:
                                           on the held-out test groups, optional TTA
     write_bundle(out, model, prepared, results, history, config, ...)
                                        -> model.keras, classes.json, metadata.json, README.md, figures/
+    wrong_input.fit_bundle(out, model, prepared, ...)
+                                       -> wrong_input.npz (the wrong-input check, fitted on train,
+                                          threshold on val, measured on test, synthetic images and
+                                          --ood-data), examples/ (up to --examples test images)
 
 --preset lc25000|iq-othnccd|chest-ct picks what suits that data set (network, input size,
 colour handling, augmentation, class names, citation; see training/presets.py); --arch,
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lungclf import schema
-from training import audit, presets, tracking
+from training import audit, presets, tracking, wrong_input
 from training.model import ARCHITECTURES, DEFAULT_WIDTH, WHEEL_WEIGHTS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,6 +95,7 @@ def parse_args(argv=None):
                    help="also run K-fold cross-validation by group and report the mean and spread "
                    "of the metrics (K extra trainings; default off)")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
+    wrong_input.add_arguments(p)  # --ood-data, --wrong-input-quantile/-shrinkage/-notes, --examples
     return p.parse_args(argv)
 
 
@@ -494,6 +499,8 @@ def train(args, argv=()):
     meta = write_bundle(args.out, model, prepared, results, history, config, pre=pre, name=name,
                         preset_name=args.preset, notes=args.notes, seconds=seconds, cross_validation=cv,
                         command="python -m training.train " + shlex.join(argv))
+    meta = wrong_input.fit_bundle(args.out, model, prepared, args.ood_data, args.wrong_input_quantile, args.examples,
+                                  args.ood_limit, args.seed, args.wrong_input_shrinkage, notes=args.wrong_input_notes)
     if run:
         run.finish(meta, args.out)
     print(f"wrote bundle {args.out} ({meta['model']['bytes'] / 1e6:.1f} MB model) in {seconds / 60:.1f} min")
