@@ -58,7 +58,7 @@ def test_python_client_prints_the_label_of_a_direct_model_call(default_server, c
     lines = [line.split("\t") for line in p.stdout.splitlines()]
     rows = list(csv.DictReader(open(out_csv)))
     assert [line[0] for line in lines] == [r["file"] for r in rows] == ["tile1.jpeg", "tile2.jpeg"]
-    for path, (_, label, confidence), row in zip(tiles, lines, rows):
+    for path, (_, label, confidence, _check), row in zip(tiles, lines, rows):
         expected = committed_model_predict(path)
         assert label_id(label) == label_id(row["label"]) == top(expected)
         assert float(confidence) == pytest.approx(expected[top(expected)], abs=1e-3)
