@@ -109,7 +109,10 @@ def main(argv=None):
                   f"{chunks[-1]['rss_mb']:7.0f}", flush=True)
         after = server.memory_mb()
         time.sleep(2 * args.upload_ttl + 1)  # one clean-up pass after the last upload ages out
-        left = files_in(uploads) - 1  # first.jpg, this script's own
+        # first.jpg is this script's own; the bundle's examples/ images are copied into the
+        # folder at start-up for the page's examples and stay there, as they should.
+        examples = os.path.join(args.model, "examples")
+        left = files_in(uploads) - 1 - (files_in(examples) if os.path.isdir(examples) else 0)
         peak = server.memory_mb("VmHWM")
     finally:
         server.stop()

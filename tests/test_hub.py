@@ -137,8 +137,10 @@ def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published
     api = HfApi(endpoint=hub.url, token=TOKEN)
     files = set(api.list_repo_files("lab/tiny", revision="v1"))
     assert {"model.keras", "classes.json", "metadata.json", "README.md"} <= files
-    assert files <= {".gitattributes", "model.keras", "classes.json", "metadata.json", "README.md",
-                     "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"}
+    assert "wrong_input.npz" in files  # the wrong-input check travels with the model
+    assert {f for f in files if not f.startswith("examples/")} <= {
+        ".gitattributes", "model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz",
+        "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"}
     card = ModelCard.load(api.hf_hub_download("lab/tiny", "README.md", revision="v1"))
     assert 'snapshot_download("lab/tiny", revision="v1")' in card.text
 
@@ -151,7 +153,7 @@ def test_publishing_leaves_the_source_bundle_byte_identical(tiny_bundle, hub, hu
     from huggingface_hub import HfApi
 
     folder = copy_bundle(tiny_bundle, tmp_path / "source")
-    os.makedirs(folder / "examples")
+    os.makedirs(folder / "examples", exist_ok=True)  # training put its own there too
     blob_image("blue", 7).save(folder / "examples" / "blue.png")
     (folder / "notes.txt").write_text("not a bundle file: neither uploaded nor touched\n")
 
