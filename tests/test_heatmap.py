@@ -12,8 +12,6 @@ randomised, the map no longer resembles the trained one (low Spearman rank corre
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
-
 from lungclf.heatmap import overlay
 from lungclf.inference import explain_fn
 
@@ -100,8 +98,10 @@ def test_map_of_the_blob_class_peaks_on_the_blob(blob_model):
 
 
 @pytest.mark.slow
+@pytest.mark.train  # scipy
 def test_map_changes_when_the_last_layers_are_randomised(blob_model):
     import keras
+    from scipy.stats import spearmanr
 
     x, y, _ = blob_task(40, seed=2)
     x = x[y == 1]
