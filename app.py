@@ -14,6 +14,11 @@ Settings (environment variables, all optional):
     UPLOAD_TTL          seconds an uploaded file is kept before it is deleted (default 600)
     TTA                 1: test-time augmentation, the probabilities averaged over each
                         bundle's views (flips/turns for tissue, mirror for CT); slower (default 0)
+    BATCH_MAX_FILES, BATCH_MAX_MB, BATCH_MAX_PIXELS, ZIP_MAX_RATIO
+                        limits of one /predict_batch or /predict_series request (lungclf.batch)
+    BATCH_CONCURRENCY_LIMIT  batches run at once, beside the single images (default 1)
+    GRADIO_MCP_SERVER   True: also serve /predict and /predict_batch as MCP tools for AI
+                        assistants at /gradio_api/mcp/ (Gradio's own setting; default off)
 
 Every bundle is verified (every metadata field the app reads, sha256, Keras safe mode, the
 model's input and output shapes) and warmed up at start-up; a bundle that fails stops
@@ -31,10 +36,12 @@ import logging
 import os
 import sys
 import tempfile
+import time
 
 import gradio as gr
 import numpy as np
 
+from lungclf import batch
 from lungclf.bundle import BundleError, load
 from lungclf.heatmap import normalise, overlay
 from lungclf.inference import Classifier, _display, label_text
@@ -54,6 +61,8 @@ SESSIONS = 200  # per-session state Gradio keeps (it keeps 10,000 by default; th
 # monitoring page (off here): CPU per request that grows with traffic. Keep 100, never rebuild.
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**12))
+LIMITS = batch.Limits.from_env()
+BATCH_CONCURRENCY_LIMIT = int(os.environ.get("BATCH_CONCURRENCY_LIMIT", "1"))
 TTA = os.environ.get("TTA", "0").strip().lower() in ("1", "true", "yes", "on")
 NOTICE = ("**For research and education only. Not for diagnosis.** This model has not been "
           "validated for clinical use; never use its output to make decisions about a patient.")
@@ -159,7 +168,9 @@ def build_demo(bundles):
     with gr.Blocks(title="Lung image classifier (research only)",
                    delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
         gr.Markdown("# Lung image classifier\n" + NOTICE)
-        single_image_page(bundles)
+        with gr.Tab("One image"):
+            single_image_page(bundles)
+        build_batch_tabs(bundles)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
     return demo
 
@@ -232,6 +243,114 @@ def single_image_page(bundles):
     model.change(lambda n: summary(bundles[n].bundle), model, card, api_name=False, queue=False)
 
 
+CSV_DIR = tempfile.mkdtemp(prefix="lungclf-csv-")  # our CSVs; Gradio serves copies from its cache
+
+
+def csv_file(rows, stem):
+    """Write the rows as CSV for download; CSVs older than UPLOAD_TTL are deleted first."""
+    now = time.time()
+    for old in os.listdir(CSV_DIR):
+        full = os.path.join(CSV_DIR, old)
+        if now - os.path.getmtime(full) > UPLOAD_TTL:
+            os.remove(full)
+    folder = tempfile.mkdtemp(dir=CSV_DIR)
+    return batch.write_csv(rows, os.path.join(folder, f"{stem}.csv"))
+
+
+BATCH_TEXT = (f"Drop many images, DICOM slices (.dcm) or a .zip of them: one row per file. "
+              f"Limits: {LIMITS.describe()}.")
+SERIES_TEXT = ("Drop the slices of **one** CT scan (image files, DICOM slices or a .zip): one "
+               f"answer per slice and one for the scan. {batch.SERIES_RULE} Slices are ordered "
+               "by their DICOM position, else by file name.")
+
+
+def build_batch_tabs(bundles):
+    """The 'Many images' and 'CT series' tabs, with /predict_batch and /predict_series.
+    Batches run in their own queue slot (BATCH_CONCURRENCY_LIMIT), so single images do not
+    wait behind them. Each tab has its own model selector; the series tab starts on a CT model."""
+    names = list(bundles)
+    choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
+               for n, s in bundles.items()]
+    ct = next((n for n, s in bundles.items() if s.bundle.meta.task.modality.upper() == "CT"), names[0])
+
+    def classify_files(files, model_name, progress, series=False):
+        """Uploaded files -> lungclf.batch Rows; every upload and extracted file is read in a
+        temporary folder that is deleted before this returns."""
+        if not files:
+            raise gr.Error("Upload files first.", print_exception=False)
+        served = bundles.get(str(model_name or names[0]))
+        if served is None:
+            raise gr.Error(f"Unknown model {model_name!r}. Choose one of: {', '.join(names)}.",
+                           print_exception=False)
+        paths = [f.get("path") if isinstance(f, dict) else str(f) for f in files]
+
+        def before_each(n, total):
+            progress((n, total), desc="classifying")
+
+        try:
+            with batch.Workspace() as ws:
+                items = batch.expand(paths, ws, LIMITS)
+                if series:
+                    items = batch.order_slices(items)
+                return batch.classify(items, batch.predictor(served), before_each)
+        except batch.BatchError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception:
+            log.exception("batch failed")
+            raise gr.Error("The files could not be classified. Try again with fewer files.",
+                           print_exception=False) from None
+
+    def predict_batch(files, model=None, progress=gr.Progress()):
+        """Classify many lung images at once.
+
+        Args:
+            files: image files (JPEG, PNG, BMP, WebP, TIFF, GIF, DICOM .dcm) or .zip files of them.
+            model: which model to use, by name; leave empty for the first (default) model.
+        Returns:
+            A table with one row per file (file, label, confidence, wrong-input warning and
+            score, or the message that refused it) and the same table as a CSV file.
+        """
+        rows = classify_files(files, model, progress)
+        return [r.values() for r in rows], csv_file(rows, "predictions")
+
+    def predict_series(files, model=None, progress=gr.Progress()):
+        """Classify the slices of one CT scan, and the scan as a whole.
+
+        Args:
+            files: the slices (image files or DICOM .dcm), or a .zip of them, all of one scan.
+            model: which model to use, by name; leave empty for the first (default) model.
+        Returns:
+            The scan's answer (mean slice probabilities over slices not flagged as wrong input),
+            a text saying how many slices it used, the per-slice table and its CSV.
+        """
+        rows = classify_files(files, model, progress, series=True)
+        answer = batch.aggregate(rows)
+        return (answer.probabilities, answer.text(), [r.values() for r in rows],
+                csv_file(rows, "slices"))
+
+    common = dict(concurrency_limit=BATCH_CONCURRENCY_LIMIT, concurrency_id="batch")
+    with gr.Tab("Many images"):
+        gr.Markdown(BATCH_TEXT)
+        files = gr.File(file_count="multiple", label="Images, DICOM slices or .zip files")
+        model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
+        go = gr.Button("Classify all", variant="primary")
+        table = gr.Dataframe(headers=batch.COLUMNS, label="Results", interactive=False, wrap=True)
+        csv_out = gr.File(label="Results as CSV")
+    go.click(predict_batch, [files, model], [table, csv_out], api_name="predict_batch", **common)
+    with gr.Tab("CT series (one scan)"):
+        gr.Markdown(SERIES_TEXT)
+        slices = gr.File(file_count="multiple", label="The slices of one scan (or a .zip)")
+        series_model = gr.Dropdown(choices, value=ct, label="Model", visible=len(names) > 1)
+        go_series = gr.Button("Classify the scan", variant="primary")
+        scan = gr.Label(num_top_classes=5, label="Scan answer")
+        scan_text = gr.Markdown(label="Scan summary")
+        slice_table = gr.Dataframe(headers=batch.COLUMNS, label="Slices, in scan order",
+                                   interactive=False, wrap=True)
+        slice_csv = gr.File(label="Slices as CSV")
+    go_series.click(predict_series, [slices, series_model], [scan, scan_text, slice_table, slice_csv],
+                    api_name="predict_series", **common)
+
+
 def keep_delete_cache_alive():
     """Work around Gradio 6.31.0: delete_cache's clean-up pass walks the set of uploads in a
     worker thread while new uploads are added to it, and the first "RuntimeError: Set changed
@@ -257,6 +376,69 @@ def keep_delete_cache_alive():
              gr.__version__)
 
 
+def fix_mcp_files():
+    """Work around two gaps in Gradio 6.31.0's MCP server (tests/test_mcp.py shows both):
+
+    - inputs that are lists of files (gr.File with file_count="multiple": /predict_batch and
+      /predict_series) get a "$ref" to a definition that is not there in the tool's input
+      schema, so every call fails validation ("PointerToNowhere"), and the list's items
+      (URLs or base64 data) would not be turned into files: drop the reference, convert
+      each item;
+    - a file sent as base64 is written to Gradio's cache and never deleted (the copy it
+      uploads is): register it with the uploads, so delete_cache removes it after UPLOAD_TTL.
+
+    Applied to 6.31.0 only, and only when the MCP server is on."""
+    from gradio import mcp
+
+    server = mcp.GradioMCPServer
+    if gr.__version__ != "6.31.0" or getattr(server.simplify_filedata_schema, "fixed", False):
+        return
+    simplify, convert = server.simplify_filedata_schema, server.convert_strings_to_filedata
+
+    def simplify_fixed(self, schema):
+        simplified, positions = simplify(self, schema)
+
+        def drop_refs(node):
+            if isinstance(node, dict):
+                if node.get("type") == "string" and "format" in node:
+                    node.pop("$ref", None)
+                for value in node.values():
+                    drop_refs(value)
+            elif isinstance(node, list):
+                for value in node:
+                    drop_refs(value)
+
+        drop_refs(simplified)
+        return simplified, positions
+
+    def convert_fixed(self, value, positions):
+        expanded = []
+        for pos in positions:
+            if pos and pos[-1] == "items" and isinstance(value, dict):
+                items = value.get(pos[0]) if len(pos) == 2 else None
+                expanded += [[pos[0], i] for i in range(len(items))] if isinstance(items, list) else []
+            else:
+                expanded.append(pos)
+        converted = convert(self, value, expanded)
+        uploads = self.blocks.upload_file_set
+
+        def register(node):
+            if isinstance(node, dict):
+                if isinstance(node.get("path"), str) and os.path.isfile(node["path"]):
+                    uploads.add(os.path.abspath(node["path"]))
+                for v in node.values():
+                    register(v)
+            elif isinstance(node, list):
+                for v in node:
+                    register(v)
+
+        register(converted)
+        return converted
+
+    simplify_fixed.fixed = True
+    server.simplify_filedata_schema, server.convert_strings_to_filedata = simplify_fixed, convert_fixed
+
+
 def load_or_exit(model_repo):
     """load_bundles, or one line on stderr naming the failed check and exit status 2."""
     try:
@@ -270,6 +452,8 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s
 BUNDLES = load_or_exit(os.environ.get("MODEL_REPO") or DEFAULT_MODELS)
 demo = build_demo(BUNDLES)
 keep_delete_cache_alive()
+if os.environ.get("GRADIO_MCP_SERVER", "").strip().lower() == "true":
+    fix_mcp_files()
 
 
 def main():

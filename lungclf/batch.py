@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungclf import dicom
-from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, open_image
+from lungclf.preprocess import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, open_image
 
 ARCHIVE_EXTENSIONS = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".jar")
 COLUMNS = ["file", "label", "confidence", "wrong_input", "wrong_input_score", "error"]
@@ -133,9 +133,11 @@ def unsafe_member(info):
 
 
 def skipped_member(info):
-    """Folders and the hidden files an OS adds (__MACOSX/, .DS_Store): not rows."""
+    """Folders, the hidden files an OS adds (__MACOSX/, .DS_Store) and a DICOM export's
+    index (DICOMDIR, no image in it): not rows."""
     parts = re.split(r"[\\/]", info.filename)
-    return info.is_dir() or parts[0] == "__MACOSX" or parts[-1].startswith(".")
+    return (info.is_dir() or parts[0] == "__MACOSX" or parts[-1].startswith(".")
+            or parts[-1].upper() == "DICOMDIR")
 
 
 def open_zip(path, archive_name, limits, budget):
@@ -237,19 +239,19 @@ def too_many(n, limits):
 
 
 def header_pixels(path):
-    """Pixels an image declares in its header (nothing decoded); 0 when unreadable (its row
-    will say why when it is classified)."""
+    """Pixels an image declares in its header (nothing decoded); 0 when it is unreadable or
+    over the one-image limit (its row will say why when it is classified)."""
     try:
         if dicom.is_dicom(path):
             _, rows, cols, frames, _, _ = dicom.read_header(path)
-            return rows * cols * frames
-        im = open_image(path)
-        try:
-            return im.size[0] * im.size[1]
-        finally:
+            pixels = rows * cols * frames
+        else:
+            im = open_image(path)
+            pixels = im.size[0] * im.size[1]
             im.close()
     except (ImageError, dicom.DicomError, OSError):
         return 0
+    return pixels if pixels <= MAX_PIXELS else 0
 
 
 def check_pixels(items, limits):
@@ -293,6 +295,18 @@ class Row:
         score = None if p.score is None else round(float(p.score), 4)
         return [self.file, p.label, round(float(p.probabilities[p.label]), 4), p.warning or "",
                 score, ""]
+
+
+def predictor(classifier):
+    """A lungclf.inference.Classifier -> path -> Prediction, answered as /predict answers:
+    the calibrated probabilities and the wrong-input check's warning and score."""
+    def predict(path):
+        answer = classifier.analyse(path)
+        verdict = answer.verdict
+        return Prediction(answer.probabilities, verdict.message if verdict.wrong_input else None,
+                          verdict.score)
+
+    return predict
 
 
 def classify(items, predict, progress=None):

@@ -1,0 +1,109 @@
+"""Scan-level accuracy next to slice-level accuracy, on a CT bundle's held-out test groups.
+
+    python scripts/series_accuracy.py --data ../shared/data/chest_ct --model models/chest_ct
+    python scripts/series_accuracy.py --data ../shared/data/iq_othnccd --model models/iq_othnccd \
+        --json series_iq.json
+
+The data sets carry no scan ids, so the audit's groups stand in for scans: training.audit
+joins exact and near copies (neighbouring slices of one scan) into groups, and the split
+keeps each group on one side. This script reruns the audit and the split with the bundle's
+seed and fractions (checking the split's fingerprint against metadata.json, so the test
+groups are the ones the model never saw), drops the files training dropped (identical
+extra copies), and classifies every test image as the app does (lungclf.batch.predictor).
+Each group is then answered by the app's series rule (lungclf.batch.aggregate: the mean of
+the slice probabilities over slices not flagged as wrong input) and scored against the
+group's label.
+
+Printed: slice accuracy (every test image), scan accuracy (every test group), and both on
+the groups of two or more slices, where the rule can differ from a single slice.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def test_groups(data, meta):
+    """{group id: [(path, label)]} of the held-out test split, as training made it."""
+    from training import audit
+    from training.data import scan
+    from training.split import fingerprint
+
+    split = meta.raw["split"]
+    report = audit.run(data, scan(data), progress=False, seed=split["seed"])
+    keep_published = split.get("name", "").startswith("published split, kept")
+    rows, _ = audit.make_split(report, split["fractions"]["val"], split["fractions"]["test"],
+                            split["seed"], keep_published)
+    side = {r[0]: r[3] for r in rows}
+    extra = set()
+    for g in report["exact_duplicate_groups"]:  # as training does: one copy per side
+        seen = set()
+        for p in g:
+            extra.update([p] if side[p] in seen else [])
+            seen.add(side[p])
+    conflicts = {p for g in report["cross_class_groups"] for p in g}
+    rows = [r for r in rows if r[0] not in extra and r[0] not in conflicts]
+    if fingerprint(rows) != split["fingerprint"]:
+        print("warning: this split's fingerprint differs from the bundle's: the data or the audit "
+              "changed since training, and test groups may include training images")
+    groups = defaultdict(list)
+    for path, label, group, s in rows:
+        if s == "test":
+            groups[group].append((path, label))
+    return groups
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="the data folder the bundle was trained on")
+    p.add_argument("--model", required=True, help="the bundle folder")
+    p.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = p.parse_args(argv)
+
+    from lungclf import batch
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier, label_text
+
+    bundle = load(args.model)
+    predict = batch.predictor(Classifier(bundle))
+    text_of = {lab: label_text(lab, bundle.names) for lab in bundle.labels}
+    groups = test_groups(args.data, bundle.meta)
+    slices_right, scans, multi = [], [], []
+    for members in groups.values():
+        rows = [batch.classify([batch.Item(path, os.path.join(args.data, path))], predict)[0]
+                for path, _ in members]
+        truth = Counter(label for _, label in members).most_common(1)[0][0]
+        slices_right += [r.prediction is not None and r.prediction.label == text_of[truth] for r in rows]
+        answer = batch.aggregate(rows)
+        right = answer.probabilities is not None and max(
+            answer.probabilities, key=answer.probabilities.get) == text_of[truth]
+        scans.append(right)
+        if len(members) > 1:
+            multi.append((right, [r.prediction is not None and r.prediction.label == text_of[truth]
+                                  for r in rows]))
+    figures = {
+        "model": bundle.name, "test_images": len(slices_right), "test_groups": len(scans),
+        "slice_accuracy": round(float(np.mean(slices_right)), 3),
+        "scan_accuracy": round(float(np.mean(scans)), 3),
+        "groups_with_2_or_more_slices": len(multi),
+        "slice_accuracy_in_those": round(float(np.mean([s for _, ss in multi for s in ss])), 3) if multi else None,
+        "scan_accuracy_of_those": round(float(np.mean([r for r, _ in multi])), 3) if multi else None,
+    }
+    for k, v in figures.items():
+        print(f"{k:32s} {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
