@@ -19,7 +19,8 @@ How copies are found (measured on LC25000 and two CT sets; see scripts/check_til
    histogram (unchanged by rotation, flips and crops) and a 24 px layout thumbnail under all
    8 rotations/flips; and its 256 SIFT keypoints. Each image's 10 nearest neighbours under
    the histogram, under the thumbnail, and by keypoint votes (the images its keypoints, as
-   is and mirrored, most often find as nearest neighbours: zoomed-in copies) are candidates.
+   is and mirrored, most often find as nearest neighbours: zoomed-in copies) are candidates
+   (the first two from an HNSW index, training/neighbours.py, so this grows close to linearly).
    A candidate pair is a near copy when SIFT keypoints (also matched mirrored) agree on one
    affine map from one image onto the other with at least 12 inliers (RANSAC), AND the
    fine detail (a band-pass image) of the two agrees once aligned by that map (Pearson
@@ -51,6 +52,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from training import neighbours
 from training import split as splitting
 from training.data import scan
 from lungclf.preprocess import ImageError, open_image, read_rgb, to_rgb
@@ -230,22 +232,6 @@ def near_copy(a, b, matcher=None):
     return best
 
 
-def _top_k(features, k, extra=None):
-    """For each row, the k most similar other rows (cosine; max over `extra` variants)."""
-    n = len(features)
-    k = min(k, n - 1)
-    out = np.zeros((n, max(k, 0)), np.int64)
-    for start in range(0, n, 512):
-        block = features[start:start + 512]
-        sims = block @ features.T
-        for other in extra or ():
-            sims = np.maximum(sims, block @ other.T)
-        sims[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
-        if k > 0:
-            out[start:start + len(block)] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return out
-
-
 def _vote_top_k(described, k):
     """For each image, the k images that its keypoints most often find as nearest neighbours
     (RootSIFT, as is and mirrored, in FLANN kd-trees; VOTE_KEYPOINTS per image, VOTE_NEIGHBOURS
@@ -281,7 +267,9 @@ def _candidates(described):
     turns = [np.rot90(layout, r, axes=(1, 2)) for r in range(4)]
     variants = [t.reshape(n, -1) for t in turns] + [t[:, :, ::-1].reshape(n, -1) for t in turns]
     pairs = set()
-    for near in (_top_k(colour, COLOUR_CANDIDATES), _top_k(variants[0], CANDIDATES, variants[1:])):
+    # nearest neighbours from an HNSW index (training/neighbours.py): close to linear in n
+    for near in (neighbours.top_k(colour, COLOUR_CANDIDATES, method=neighbours.default_method()),
+                 neighbours.top_k(variants[0], CANDIDATES, variants[1:], method=neighbours.default_method())):
         for i, row in enumerate(near):
             pairs.update((min(i, int(j)), max(i, int(j))) for j in row)
     pairs.update((min(i, j), max(i, j)) for i, j in _vote_top_k(described, VOTE_CANDIDATES))
