@@ -169,7 +169,6 @@ def augmenter(spec, seed=0):
         steps.append(L.RandomBrightness(spec["brightness"], value_range=(0, 255), seed=seed + 6))
     if spec.get("contrast"):
         steps.append(L.RandomContrast(spec["contrast"], value_range=(0, 255), seed=seed + 7))
-    pipeline = keras.Sequential(steps, name="augment")
     quarter_turns = bool(spec.get("rot90"))
 
     def turn(img):
@@ -179,7 +178,8 @@ def augmenter(spec, seed=0):
         x = tf.cast(x, tf.float32)
         if quarter_turns:
             x = tf.map_fn(turn, x)
-        x = pipeline(x, training=True)
+        for step in steps:  # layer by layer, not a keras.Sequential: a Keras preprocessing layer
+            x = step(x, training=True)  # runs on TensorFlow inside tf.data whatever the backend (JAX too)
         return tf.clip_by_value(x, 0.0, 255.0), y
 
     return aug
