@@ -174,6 +174,42 @@ def logits(model, files, size, views=None, batch_size=64):
     return np.concatenate(out), np.concatenate(ys)
 
 
+def files(prepared, name):
+    """The Files of split `name` ("train", "val", "test") of a training.train.Prepared."""
+    keep = prepared.split == name
+    return Files(prepared.data_dir, [p for p, k in zip(prepared.paths, keep) if k], prepared.y[keep])
+
+
+def fit_datasets(prepared, config, shard=(1, 0), cache=None, seen=None):
+    """(train dataset, val dataset, extra model.fit arguments) for training.train.fit, streamed.
+
+    `shard=(n, i)`: process i of n reads only its share, in batches of batch_size / n, and
+    every process takes the same number of steps (its share repeated as needed: a step is
+    a collective). `cache`: a folder for the decoded images (one file per split and share)."""
+    import math
+
+    from training import presets
+
+    n, i = shard
+    train, val = files(prepared, "train"), files(prepared, "val")
+    if len(train.paths) < n or len(val.paths) < n:
+        raise SystemExit(f"{len(train.paths)} training and {len(val.paths)} validation images cannot be "
+                         f"shared among {n} processes")
+    size, batch, val_batch = config.image_size, config.batch_size // n, max(1, 64 // n)
+    spread = n > 1
+    train_ds = training_dataset(train.shard(n, i), size, batch, seed=config.seed + i,
+                                augment=presets.augmenter(config.augmentation, config.seed + i),
+                                cache=cache and os.path.join(cache, f"train-{i}-of-{n}"),
+                                repeat=spread, drop_remainder=spread, seen=seen)
+    val_ds = eval_dataset(val.shard(n, i), size, val_batch, cache=cache and os.path.join(cache, f"val-{i}-of-{n}"),
+                          repeat=spread, drop_remainder=spread)
+    extra = {}
+    if spread:
+        extra = {"steps_per_epoch": math.ceil(len(train.paths) / (batch * n)),
+                 "validation_steps": math.ceil(len(val.paths) / (val_batch * n))}
+    return train_ds, val_ds, extra
+
+
 def peak_rss_mb():
     """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
