@@ -198,7 +198,8 @@ def fit_datasets(prepared, config, shard=(1, 0), cache=None, seen=None):
     size, batch, val_batch = config.image_size, config.batch_size // n, max(1, 64 // n)
     spread = n > 1
     train_ds = training_dataset(train.shard(n, i), size, batch, seed=config.seed + i,
-                                augment=presets.augmenter(config.augmentation, config.seed + i),
+                                # one augmentation seed for all: its state is a (replicated) model-side variable
+                                augment=presets.augmenter(config.augmentation, config.seed),
                                 cache=cache and os.path.join(cache, f"train-{i}-of-{n}"),
                                 repeat=spread, drop_remainder=spread, seen=seen)
     val_ds = eval_dataset(val.shard(n, i), size, val_batch, cache=cache and os.path.join(cache, f"val-{i}-of-{n}"),

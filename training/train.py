@@ -96,6 +96,20 @@ def parse_args(argv=None):
                    "of the metrics (K extra trainings; default off)")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
     wrong_input.add_arguments(p)  # --ood-data, --wrong-input-quantile/-shrinkage/-notes, --examples
+    scale = p.add_argument_group("training at scale (docs/scale.md)")
+    scale.add_argument("--stream", action="store_true",
+                       help="read and decode images as training asks for them (training/stream.py) instead "
+                       "of decoding all into memory first: memory stays flat however many images")
+    scale.add_argument("--cache", metavar="DIR", help="with streaming: keep decoded images on disk in DIR "
+                       "after the first epoch (implies --stream)")
+    scale.add_argument("--processes", type=int, default=1, metavar="N",
+                       help="train with N JAX worker processes, Keras 3's distribution API "
+                       "(training/distributed.py; needs requirements-scale.txt; implies --stream)")
+    scale.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="run one worker of a job across machines: process 0's address (with "
+                       "--process-id and --processes)")
+    scale.add_argument("--process-id", type=int, metavar="I", help="this machine's worker, 0 .. N-1 "
+                       "(process 0 writes the bundle)")
     return p.parse_args(argv)
 
 
@@ -160,7 +174,7 @@ class Prepared:
     paths: list  # relative to data_dir
     groups: list  # group id per image (training.audit): a group is never on two sides
     split: np.ndarray  # "train" / "val" / "test" per image
-    x: np.ndarray  # uint8, N x S x S x 3, from lungclf.preprocess (the app's path)
+    x: np.ndarray | None  # uint8, N x S x S x 3, from lungclf.preprocess (the app's path); None: streamed
     y: np.ndarray  # class ids
     report: dict  # training.audit.run's report
     split_info: dict  # training.audit.make_split's info (method, leaks, warning)
@@ -173,9 +187,9 @@ class Prepared:
         return self.split == name
 
     def part(self, name):
-        """(x, y) of split `name`."""
+        """(x, y) of split `name`; x is None when the images are streamed (x is None)."""
         m = self.mask(name)
-        return self.x[m], self.y[m]
+        return (None if self.x is None else self.x[m]), self.y[m]
 
     def counts(self):
         """{split: {"images", "groups", "per_class"}}."""
@@ -190,11 +204,13 @@ class Prepared:
 
 
 def prepare(data_dir, image_size, *, val_fraction=0.15, test_fraction=0.15, seed=0,
-            keep_published_split=False, drop_conflicts=False, groups_file=None, report=None):
+            keep_published_split=False, drop_conflicts=False, groups_file=None, report=None, decode=True):
     """Scan, audit, stop on (or drop) label conflicts, split by group, decode -> Prepared.
 
     `groups_file`: a CSV path,group joined with the audit's groups (training.audit).
     `report`: an audit report to reuse (training.audit.run); made here when None.
+    `decode=False`: leave the images on disk (x is None) for streaming (training/stream.py);
+    the audit has already left out files that cannot be read.
     """
     from training.data import Item, load_images, scan
 
@@ -228,7 +244,10 @@ def prepare(data_dir, image_size, *, val_fraction=0.15, test_fraction=0.15, seed
     print(f"kept {len(rows)} images ({len(conflicts)} with conflicting labels "
           f"and {len(extra_copies)} identical extra copies left out)")
 
-    x, kept, bad = load_images(data_dir, [Item(r[0], r[1]) for r in rows], image_size)
+    if decode:
+        x, kept, bad = load_images(data_dir, [Item(r[0], r[1]) for r in rows], image_size)
+    else:
+        x, kept, bad = None, [Item(r[0], r[1]) for r in rows], []
     for path, why in bad:
         print(f"skipped unreadable {path}: {why}")
     labels = sorted({it.label for it in kept})
@@ -258,9 +277,13 @@ def fold(prepared, k, folds, val_fraction, seed):
 
 # ---------------------------------------------------------------- 3. fitting
 
-def fit(prepared, config, callbacks=()):
+def fit(prepared, config, callbacks=(), data=None):
     """Train a fresh network on the train split, early-stopped on the val split ->
-    (model with the best val-loss weights, keras History)."""
+    (model with the best val-loss weights, keras History).
+
+    `data`: (train dataset, val dataset, extra model.fit arguments), as
+    training.stream.fit_datasets makes them; by default they are made from the decoded
+    arrays, or streamed from the files when the images were not decoded (x is None)."""
     import keras
     import tensorflow as tf
     from sklearn.utils.class_weight import compute_class_weight
@@ -271,12 +294,19 @@ def fit(prepared, config, callbacks=()):
     n_classes = len(prepared.labels)
     class_weight = compute_class_weight("balanced", classes=np.arange(n_classes), y=y_train)
     steps = int(np.ceil(len(y_train) / config.batch_size))
-    train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-                .shuffle(len(y_train), seed=config.seed, reshuffle_each_iteration=True)
-                .batch(config.batch_size)
-                .map(presets.augmenter(config.augmentation, config.seed), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), y_val)).batch(64)
+    if data is None and prepared.x is None:
+        from training import stream
+
+        data = stream.fit_datasets(prepared, config)
+    if data is None:
+        train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+                    .shuffle(len(y_train), seed=config.seed, reshuffle_each_iteration=True)
+                    .batch(config.batch_size)
+                    .map(presets.augmenter(config.augmentation, config.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                    .prefetch(tf.data.AUTOTUNE))
+        val_ds = tf.data.Dataset.from_tensor_slices((x_val.astype(np.float32), y_val)).batch(64)
+        data = (train_ds, val_ds, {})
+    train_ds, val_ds, extra = data
 
     model = build_model(config, n_classes, weights=config.weights)
     if config.weights in WHEEL_WEIGHTS:
@@ -295,7 +325,7 @@ def fit(prepared, config, callbacks=()):
     ]
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
                         class_weight=dict(enumerate(class_weight)), verbose=config.verbose,
-                        shuffle=False)  # train_ds shuffles itself, each epoch
+                        shuffle=False, **extra)  # train_ds shuffles itself, each epoch
     if os.path.exists(ckpt):
         model.load_weights(ckpt)
         os.remove(ckpt)
@@ -323,20 +353,28 @@ def evaluate_and_calibrate(model, prepared, tta_views=None):
     from lungclf.inference import calibrate, predict_logits
     from training.evaluate import fit_temperature, metrics
 
-    (x_val, y_val), (x_test, y_test) = prepared.part("val"), prepared.part("test")
+    def logits(split, views=None):  # (logits, labels), from the arrays or streamed from the files
+        if prepared.x is None:
+            from training import stream
+
+            return stream.logits(model, stream.files(prepared, split), model.inputs[0].shape[1], views=views)
+        x, y = prepared.part(split)
+        return predict_logits(model, x, views=views), y
+
     labels = prepared.labels
-    val_logits = predict_logits(model, x_val)
+    val_logits, y_val = logits("val")
+    test_logits, y_test = logits("test")
     temperature = fit_temperature(val_logits, y_val) if len(y_val) else 1.0
-    probs = calibrate(predict_logits(model, x_test), temperature)
+    probs = calibrate(test_logits, temperature)
     results = Results(temperature=temperature, test=metrics(probs, y_test, labels),
                       val=metrics(calibrate(val_logits, temperature), y_val, labels) if len(y_val) else None,
                       test_probs=probs)
     print(f"held-out test: accuracy {results.test['accuracy']:.4f}, macro-F1 {results.test['macro_f1']:.4f} "
           f"on {results.test['images']} images; temperature {temperature:.3f}")
     if tta_views:
-        results.tta_temperature = (fit_temperature(predict_logits(model, x_val, views=tta_views), y_val)
+        results.tta_temperature = (fit_temperature(logits("val", tta_views)[0], y_val)
                                    if len(y_val) else 1.0)
-        tta_probs = calibrate(predict_logits(model, x_test, views=tta_views), results.tta_temperature)
+        tta_probs = calibrate(logits("test", tta_views)[0], results.tta_temperature)
         results.test_tta = metrics(tta_probs, y_test, labels)
         print(f"held-out test with TTA ({len(tta_views)} views): accuracy {results.test_tta['accuracy']:.4f}, "
               f"macro-F1 {results.test_tta['macro_f1']:.4f}")
@@ -386,7 +424,7 @@ def hardware():
 
 
 def write_bundle(out, model, prepared, results, history, config, *, pre, name, preset_name=None, notes="",
-                 command="", seconds=0.0, cross_validation=None):
+                 command="", seconds=0.0, cross_validation=None, distributed=None):
     """Write model.keras, classes.json, metadata.json, README.md and figures/ into `out`
     -> the metadata (a dict, as written). `pre` is the preset (training.presets.preset)."""
     import keras
@@ -453,7 +491,8 @@ def write_bundle(out, model, prepared, results, history, config, *, pre, name, p
                      "seconds": round(seconds, 1),
                      "hardware": hardware(),
                      "history": {k: [round(float(v), 5) for v in vs] for k, vs in history.history.items()
-                                 if k != "learning_rate"}},
+                                 if k != "learning_rate"}}
+        | ({"distributed": distributed} if distributed else {}),
         "versions": {"python": platform.python_version(), "keras": keras.__version__,
                      "tensorflow": tf.__version__, "numpy": np.__version__},
     }
@@ -473,11 +512,16 @@ def train(args, argv=()):
     name = args.name or os.path.basename(os.path.normpath(args.out))
     if args.folds and args.folds < 2:
         raise SystemExit("--folds needs K >= 2 (e.g. --folds 5)")
+    spread = args.processes > 1 or args.coordinator is not None or args.process_id is not None
+    if spread:
+        from training import distributed
+
+        distributed.check_options(args.processes, args.coordinator, args.process_id, config.batch_size)
 
     prepared = prepare(args.data, config.image_size, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, seed=args.seed,
                        keep_published_split=args.keep_published_split, drop_conflicts=args.drop_conflicts,
-                       groups_file=args.groups)
+                       groups_file=args.groups, decode=not (args.stream or args.cache or spread))
     if pre["classes"] and prepared.labels != pre["classes"]:
         print(f"note: preset {args.preset} expects classes {pre['classes']}, found {prepared.labels}")
     t_cv = time.time()
@@ -492,13 +536,34 @@ def train(args, argv=()):
                               "colour_mode": config.colour_mode, "modality": pre["modality"]}
                            | {f"{s}_images": counts[s]["images"] for s in ("train", "val", "test")})
         callbacks.append(run.callback())
-    model, history = fit(prepared, config, callbacks)
+    job = None
+    if spread:  # N JAX workers fit; this process (TensorFlow, as the app) evaluates and writes
+        model, history = distributed.fit(prepared, config, args.processes, args.coordinator, args.process_id,
+                                         cache=args.cache, callbacks_wanted=bool(callbacks))
+        if model is None:
+            print(f"worker {args.process_id} done; process 0 writes the bundle")
+            return None
+        job = model.job
+    else:
+        data = None
+        if args.cache:
+            from training import stream
+
+            data = stream.fit_datasets(prepared, config, cache=args.cache)
+        model, history = fit(prepared, config, callbacks, data=data)
     seconds = time.time() - t0
     results = evaluate_and_calibrate(model, prepared, pre["tta_views"] if args.tta else None)
 
     meta = write_bundle(args.out, model, prepared, results, history, config, pre=pre, name=name,
                         preset_name=args.preset, notes=args.notes, seconds=seconds, cross_validation=cv,
+                        distributed=job,
                         command="python -m training.train " + shlex.join(argv))
+    if prepared.x is None:  # streamed: the wrong-input check (training/wrong_input.py) still needs arrays
+        from training.data import Item, load_images
+
+        items = [Item(p, prepared.labels[c]) for p, c in zip(prepared.paths, prepared.y)]
+        prepared = dataclasses.replace(prepared, x=load_images(prepared.data_dir, items, config.image_size,
+                                                                progress=False)[0])
     meta = wrong_input.fit_bundle(args.out, model, prepared, args.ood_data, args.wrong_input_quantile, args.examples,
                                   args.ood_limit, args.seed, args.wrong_input_shrinkage, notes=args.wrong_input_notes)
     if run:

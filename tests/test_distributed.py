@@ -1,0 +1,81 @@
+"""Training with `--processes 2` (training/distributed.py): two JAX worker processes on this
+machine's CPU, coordinated by Keras 3's distribution API, each streaming its own share of the
+files; the bundle they make is served by the app's own loading path on TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, blob_image, make_dataset
+from training.distributed import check_options, weights_sha256
+
+pytest.importorskip("jax", reason="training at scale needs requirements-scale.txt (scripts/install_dev.sh)")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distributed")
+    data = make_dataset(str(tmp / "data"), per_class=16)
+    out = str(tmp / "bundle")
+    cmd = [sys.executable, "-m", "training.train", "--data", data, "--out", out, "--processes", "2",
+           "--epochs", "1", "--image-size", "32", "--width", "8", "--batch-size", "8", "--verbose", "2"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=560,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    with open(os.path.join(out, "metadata.json")) as f:
+        meta = json.load(f)
+    return {"data": data, "out": out, "meta": meta, "stdout": p.stdout}
+
+
+@pytest.mark.slow
+def test_each_process_reads_its_own_share_of_the_training_images(two_process_run):
+    job = two_process_run["meta"]["training"]["distributed"]
+    assert job["processes"] == 2 and job["backend"] == "jax"
+    w0, w1 = sorted(job["workers"], key=lambda w: w["process_id"])
+    train_images = two_process_run["meta"]["split"]["counts"]["train"]["images"]
+    for w in (w0, w1):
+        assert w["distinct_images"] == w["share"] > 0  # its whole share, and nothing else
+        assert w["outside_share"] == 0
+    assert w0["share"] + w1["share"] == train_images
+    assert abs(w0["share"] - w1["share"]) <= 1
+    assert w0["paths_sha256"] != w1["paths_sha256"]
+
+
+@pytest.mark.slow
+def test_both_processes_end_with_the_same_weights_and_the_bundle_has_them(two_process_run):
+    from lungclf.bundle import load
+
+    w0, w1 = two_process_run["meta"]["training"]["distributed"]["workers"]
+    assert w0["weights_sha256"] == w1["weights_sha256"]
+    bundle = load(two_process_run["out"])  # TensorFlow backend, safe mode, sha256 checked
+    assert weights_sha256(bundle.model.get_weights()) == w0["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_the_app_serves_the_bundle_trained_on_two_processes(two_process_run, tmp_path):
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
+
+    path = str(tmp_path / "red.png")
+    blob_image("red", seed=99).save(path)
+    answer = Classifier(load(two_process_run["out"])).classify(path)
+    assert len(answer) == 3 and all(k.endswith(("(red)", "(green)", "(blue)")) or k in ("red", "green", "blue")
+                                    for k in answer)
+    assert np.isclose(sum(answer.values()), 1.0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ((2, "10.0.0.1", 0, 8), "expected HOST:PORT"),
+    ((2, "10.0.0.1:29500", None, 8), "needs --process-id between 0 and 1"),
+    ((2, "10.0.0.1:29500", 2, 8), "needs --process-id between 0 and 1"),
+    ((2, None, 1, 8), "--process-id needs --coordinator"),
+    ((3, None, None, 8), "must be a multiple of --processes 3"),
+    ((0, None, None, 8), "at least 1"),
+])
+def test_options_that_cannot_make_a_job_are_refused_in_one_line(options, message):
+    with pytest.raises(SystemExit, match=message):
+        check_options(*options)
