@@ -52,12 +52,21 @@ async def session_call(url, calls):
     return tools, results
 
 
+def run(coro):
+    """asyncio.run in a thread of its own: a browser test's Playwright may keep an event loop
+    running in the main thread for the rest of the session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def texts(result):
     return [c.text for c in result.content if getattr(c, "type", "") == "text"]
 
 
 def test_mcp_lists_the_classifiers_as_tools_with_their_descriptions(mcp_server):
-    tools, _ = asyncio.run(session_call(mcp_server.url, []))
+    tools, _ = run(session_call(mcp_server.url, []))
     assert {"predict", "predict_batch", "predict_series"} <= set(tools)
     assert "Classify one lung image" in tools["predict"].description
     assert "image" in tools["predict"].inputSchema["properties"]
@@ -70,7 +79,7 @@ def test_mcp_predict_classifies_a_base64_image_like_a_direct_model_call(mcp_serv
     data = jpeg_bytes(1)
     path = tmp_path / "tile.jpeg"
     path.write_bytes(data)
-    _, (result,) = asyncio.run(session_call(mcp_server.url, [
+    _, (result,) = run(session_call(mcp_server.url, [
         ("predict", {"image": data_url(data, "image/jpeg")})]))
     assert not result.isError, texts(result)
     answer = ast.literal_eval(texts(result)[0])  # Gradio sends the outputs as Python text
@@ -84,7 +93,7 @@ def test_mcp_predict_batch_returns_a_row_per_file(mcp_server):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("a.jpeg", jpeg_bytes(2))
         zf.writestr("b.jpeg", jpeg_bytes(3))
-    _, (result,) = asyncio.run(session_call(mcp_server.url, [
+    _, (result,) = run(session_call(mcp_server.url, [
         ("predict_batch", {"files": [data_url(jpeg_bytes(1), "image/jpeg"),
                                      data_url(z.getvalue(), "application/zip")]})]))
     assert not result.isError, texts(result)
@@ -94,7 +103,7 @@ def test_mcp_predict_batch_returns_a_row_per_file(mcp_server):
 
 def test_mcp_uploads_are_deleted_like_the_others(mcp_server):
     sent = jpeg_bytes(4)
-    _, (result,) = asyncio.run(session_call(mcp_server.url, [
+    _, (result,) = run(session_call(mcp_server.url, [
         ("predict", {"image": data_url(sent, "image/jpeg")})]))
     assert not result.isError, texts(result)
 

@@ -149,10 +149,17 @@ def test_python_client_sees_the_warning_for_noise_and_none_for_a_training_like_i
     assert check["wrong_input"] and WARNING in check["message"] and WARNING in words
     assert label_id(label["label"]) in ("red", "green", "blue")  # still labelled, shown as unreliable
     assert os.path.isfile(heatmap) and len(grid) > 0
-    blob_image("green", 8001).save(tmp_path / "g.png")
-    label, check, heatmap, words, _ = client.predict(handle_file(str(tmp_path / "g.png")), api_name="/predict")
-    assert not check["wrong_input"] and WARNING not in words
-    assert label_id(label["label"]) == "green"
+    # Five new images like the training ones: the tiny bundle's limit comes from a validation
+    # split of about ten images, so one of them may be flagged now and then; most must pass.
+    passed = 0
+    for seed in range(8001, 8006):
+        blob_image("green", seed).save(tmp_path / f"g{seed}.png")
+        label, check, heatmap, words, _ = client.predict(handle_file(str(tmp_path / f"g{seed}.png")),
+                                                         api_name="/predict")
+        assert label_id(label["label"]) == "green"
+        assert check["wrong_input"] == (WARNING in words)  # the words say what the check says
+        passed += not check["wrong_input"]
+    assert passed >= 3
 
 
 @pytest.mark.slow
