@@ -66,6 +66,9 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="the data folder the bundle was trained on")
     p.add_argument("--model", required=True, help="the bundle folder")
     p.add_argument("--json", metavar="FILE", help="also write the figures here")
+    p.add_argument("--record", action="store_true",
+                   help="write the figures into the bundle's metadata.json (\"series\") and re-render "
+                   "its card (the sha256 of model.keras is unchanged)")
     args = p.parse_args(argv)
 
     from lungclf import batch
@@ -102,7 +105,26 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
+    if args.record:
+        record(args.model, figures, f"python scripts/series_accuracy.py --data {args.data} --model {args.model}")
     return figures
+
+
+def record(folder, figures, command):
+    """Put the figures into FOLDER/metadata.json and re-render the card (training.card)."""
+    from lungclf.bundle import write_json
+    from training import card
+
+    path = os.path.join(folder, "metadata.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["series"] = {k: v for k, v in figures.items() if k != "model"} | {
+        "rule": "mean of the slice probabilities over the slices not flagged as wrong input",
+        "groups": "the audit's groups stand in for scans, since the data carry no scan ids",
+        "command": command}
+    write_json(path, meta)
+    card.write(folder)
+    print(f"recorded in {path} and the card")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,20 @@ def _measured(meta):
     return " ".join(out)
 
 
+def _series_text(meta):
+    """Scan-level next to slice-level accuracy (scripts/series_accuracy.py --record), if measured."""
+    s = meta.get("series")
+    if not s:
+        return ""
+    multi = (f" On the {s['groups_with_2_or_more_slices']} groups of two or more slices: slices "
+             f"{s['slice_accuracy_in_those']:.3f}, scans {s['scan_accuracy_of_those']:.3f}."
+             if s.get("groups_with_2_or_more_slices") else "")
+    return (f"The app's `/predict_series` answers once for the slices of one scan: the {s['rule']}. "
+            f"On the held-out test split, where {s['groups']}: slice accuracy {s['slice_accuracy']:.3f} "
+            f"over {s['test_images']} slices, scan accuracy {s['scan_accuracy']:.3f} over "
+            f"{s['test_groups']} groups.{multi} Measured with `{s['command']}`.")
+
+
 def render(meta, classes, repo_id=None, revision=None):
     """The card as a huggingface_hub.ModelCard; `repo_id` and `revision` (set when
     publishing) fill in the loading instructions, else they show OWNER/NAME."""
@@ -188,6 +202,7 @@ def render(meta, classes, repo_id=None, revision=None):
         pretrained_text=_pretrained_text(meta["model"]),
         notes=meta.get("notes", ""),
         wrong_input_text=wrong_input_text,
+        series_text=_series_text(meta),
         measured_text=_measured(meta),
         wrong_input_rows=wrong_input_rows,
         examples=meta.get("examples") or [],
