@@ -43,8 +43,8 @@ import numpy as np
 
 from lungclf import batch
 from lungclf.bundle import BundleError, load
-from lungclf.heatmap import normalise, overlay
-from lungclf.inference import Classifier, _display, label_text
+from lungclf.heatmap import for_display, normalise, overlay
+from lungclf.inference import Classifier, label_text
 from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, read_rgb
 from lungclf.wrong_input import kind_of
 
@@ -156,7 +156,7 @@ def blend(image, cam_grid, opacity):
     if not path or not cam_grid:
         return None
     try:
-        rgb = _display(read_rgb(path))
+        rgb = for_display(read_rgb(path))
     except ImageError:
         return None
     return overlay(rgb, np.asarray(cam_grid, np.float32), opacity)

@@ -69,3 +69,11 @@ def display_size(shape, longest=384):
     h, w = shape[:2]
     scale = min(1.0, longest / max(h, w))
     return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def for_display(rgb):
+    """The decoded image (H, W, 3) uint8 at display size, for the overlay."""
+    h, w = display_size(rgb.shape)
+    if (h, w) == rgb.shape[:2]:
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)

@@ -206,14 +206,4 @@ class Classifier:
         else:
             verdict = wrong_input.no_check(x)[0]
         return Answer(dict(zip(self.texts, probs.tolist())), verdict,
-                      None if maps is None else maps[0, :, :, top], _display(rgb))
-
-
-def _display(rgb):
-    """The decoded image at display size (lungclf.heatmap.display_size), for the overlay."""
-    import cv2
-
-    h, w = heatmap.display_size(rgb.shape)
-    if (h, w) == rgb.shape[:2]:
-        return rgb
-    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+                      None if maps is None else maps[0, :, :, top], heatmap.for_display(rgb))

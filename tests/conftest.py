@@ -26,9 +26,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, COMMITTED_MODEL, ROOT, make_dataset, temperature_scaled
-# Kept importable from here for modules written before tests/helpers.py; import from there.
-from tests.helpers import AppServer, blob_image, free_port, he_tile, label_id, run_app_until_exit  # noqa: F401
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, COMMITTED_MODEL, ROOT, AppServer, make_dataset, temperature_scaled
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from lungclf.bundle import BundleError, load, sha256, upgrade, verify, write_json
-from tests.conftest import COMMITTED_MODEL, ROOT, run_app_until_exit
+from tests.helpers import COMMITTED_MODEL, ROOT, run_app_until_exit
 
 COMMITTED = [os.path.join(ROOT, "models", n) for n in ("lc25000", "iq_othnccd", "chest_ct")]
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, blob_image, make_dataset
+from tests.helpers import ROOT, blob_image, make_dataset
 from training.distributed import check_options, weights_sha256
 
 pytest.importorskip("jax", reason="training at scale needs requirements-scale.txt (scripts/install_dev.sh)")

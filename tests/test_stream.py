@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lungclf.preprocess import load_image
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from training.data import scan
 from training.stream import Files, Seen, decoded, eval_dataset, logits, training_dataset
 

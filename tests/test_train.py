@@ -66,7 +66,7 @@ def test_model_card_has_the_held_out_figures_and_yaml(tiny_bundle):
 
 
 def test_published_split_layout_is_scanned_with_its_splits(tmp_path):
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
 
     make_dataset(str(tmp_path), per_class=6, layout="split")
     items = scan(str(tmp_path))
@@ -80,7 +80,7 @@ def test_evaluate_cli_reports_and_writes_metrics(tiny_bundle, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     out = tmp_path / "eval"
     p = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", tiny_bundle["out"],
@@ -122,7 +122,7 @@ def test_hardware_names_the_cpu_model_not_just_cpu():
 @pytest.fixture
 def patients(tmp_path):
     """Class folders of distinct images and a group file putting six red ones in one patient."""
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
 
     data = make_dataset(str(tmp_path / "data"), per_class=12)
     groups = tmp_path / "patients.csv"
