@@ -122,21 +122,13 @@ def record(folder, row, command, serving_json=None):
                            "ratio": {k: round(v, 3) for k, v in row["ratio"].items()},
                            "load": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
                            "command": command}
-    if serving_json:
-        with open(serving_json) as f:
-            s = json.load(f)
-        runs, fwd = s["runs"], s["forward_ms"]["ours"]
-        med = lambda app, key: float(np.median([r[key] for r in runs[app]]))  # noqa: E731
-        floor = med("floor", "p50_ms") + fwd
-        measured["serving"] = {"p50_ms": round(med("ours", "p50_ms"), 1), "floor_ms": round(floor, 1),
-                               "p50_over_floor": round(med("ours", "p50_ms") / floor, 3),
-                               "rps_16_clients": round(med("ours", "rps"), 1),
-                               "floor_rps_16_clients": round(med("floor", "rps"), 1),
-                               "runs": len(runs["ours"]), "load": [round(v[0], 1) for v in s["load"]],
-                               "command": "python scripts/benchmark_serving.py --model "
-                                          f"{os.path.relpath(folder, ROOT)} --apps ours,floor"}
     write_json(path, meta)
     write(folder)
+    if serving_json:
+        from scripts.benchmark_serving import record as record_serving
+
+        with open(serving_json) as f:
+            record_serving(folder, json.load(f))
 
 
 if __name__ == "__main__":

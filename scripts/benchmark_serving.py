@@ -4,6 +4,7 @@
     python scripts/benchmark_serving.py --quick         # a smoke run: seconds, figures meaningless
     CONCURRENCY_LIMIT=1 python scripts/benchmark_serving.py --apps ours,floor
     python scripts/benchmark_serving.py --apps ours,batched   # does Gradio batching pay?
+    python scripts/benchmark_serving.py --model models/chest_ct --apps ours,floor --record   # into its card
 
 Each app is started as a user starts it (`python app.py`, a fresh process per run) and
 sent a 224 x 224 JPEG (the size of LC25000 tiles):
@@ -230,6 +231,9 @@ def main(argv=None):
     p.add_argument("--anchor-size", type=int, default=256, help="anchor input side (default 256)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run, few requests, small anchor")
     p.add_argument("--json", help="also write the raw figures to this file")
+    p.add_argument("--record", action="store_true", help="with --apps ours,floor: write p50 against the floor "
+                   "and the 16-client throughput into the --model bundle's metadata.json (measured.serving) "
+                   "and re-render its card")
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of the 'batched' app (default 8)")
     p.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-batched", action="store_true", help=argparse.SUPPRESS)
@@ -292,11 +296,37 @@ def main(argv=None):
               f"model file anchor / ours = {summary['anchor file / ours']:.0f} (target >= 20)")
     if "ours" in apps:
         print(f"cold start ours = {np.median(col('ours', 'cold_start_s')):.1f} s (target < 10)")
+    figures = {"args": vars(args), "load": [load0, load1], "runs": rows, "forward_ms": forward,
+               "model_mb": sizes, "summary": summary}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "load": [load0, load1], "runs": rows, "forward_ms": forward,
-                       "model_mb": sizes, "summary": summary}, f, indent=2)
+            json.dump(figures, f, indent=2)
+    if args.record:
+        if not {"ours", "floor"} <= set(apps):
+            raise SystemExit("--record needs --apps ours,floor")
+        record(args.model, figures)
     return rows
+
+
+def record(folder, figures):
+    """measured.serving (from this script's --json figures) into FOLDER/metadata.json; re-render the card."""
+    from lungclf.bundle import write_json
+    from training.card import write
+
+    path = os.path.join(folder, "metadata.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    runs, fwd = figures["runs"], figures["forward_ms"]["ours"]
+    med = lambda app, key: float(np.median([r[key] for r in runs[app]]))  # noqa: E731
+    floor = med("floor", "p50_ms") + fwd
+    meta.setdefault("measured", {})["serving"] = {
+        "p50_ms": round(med("ours", "p50_ms"), 1), "floor_ms": round(floor, 1),
+        "p50_over_floor": round(med("ours", "p50_ms") / floor, 3),
+        "rps_16_clients": round(med("ours", "rps"), 1), "floor_rps_16_clients": round(med("floor", "rps"), 1),
+        "runs": len(runs["ours"]), "load": [round(v[0], 1) for v in figures["load"]],
+        "command": f"python scripts/benchmark_serving.py --model {os.path.relpath(folder, ROOT)} --apps ours,floor"}
+    write_json(path, meta)
+    write(folder)
 
 
 if __name__ == "__main__":
