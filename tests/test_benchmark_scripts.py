@@ -51,3 +51,24 @@ def test_soak_answers_good_images_refuses_bad_files_and_cleans_up_uploads(tiny_b
     assert report["counts"] == {"answered": 36, "refused_bad_file": 4, "failed": 0}
     assert report["warmup"]["failed"] == 0 and report["uploads_left"] == 0 and report["problems"] == []
     assert len(report["chunks"]) == 6 and all(c["rss_mb"] > 0 for c in report["chunks"])
+
+
+@pytest.mark.hub  # the card is rendered with huggingface_hub.ModelCard
+def test_serving_figures_are_recorded_in_the_bundle_and_its_card(tmp_path):
+    import shutil
+
+    from scripts.benchmark_serving import record
+
+    bundle = shutil.copytree(os.path.join(ROOT, "models", "lc25000"), tmp_path / "lc25000")
+    # Three runs as --json writes them: medians 200 ms (ours) and 150 ms (floor); forward 10 ms.
+    runs = {app: [{"p50_ms": p, "rps": r} for p, r in zip(p50s, (20.0, 30.0, 25.0))]
+            for app, p50s in {"ours": (210.0, 200.0, 190.0), "floor": (150.0, 140.0, 160.0)}.items()}
+    record(str(bundle), {"runs": runs, "forward_ms": {"ours": 10.0}, "load": [[1.0, 1, 1], [1.5, 1, 1]]})
+
+    with open(bundle / "metadata.json") as f:
+        serving = json.load(f)["measured"]["serving"]
+    assert serving["p50_ms"] == 200.0 and serving["floor_ms"] == 160.0  # floor app p50 + forward pass
+    assert serving["p50_over_floor"] == 1.25 and serving["runs"] == 3 and serving["load"] == [1.0, 1.5]
+    assert serving["rps_16_clients"] == 25.0
+    card = (bundle / "README.md").read_text()
+    assert "p50 200 ms against a floor of 160 ms (1.25x" in card
