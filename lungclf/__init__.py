@@ -3,9 +3,14 @@
     preprocess.py   the one path from an image file to the model's input
     schema.py       the bundle contract: metadata.json and classes.json, typed and checked
     bundle.py       resolve (folder or Hub repo), verify, load a model bundle
-    inference.py    the traced forward pass, calibration, test-time augmentation
+    inference.py    the traced forward pass (with the heatmap in the same call), calibration,
+                    test-time augmentation; Classifier: what the app does per image
+    wrong_input.py  the wrong-input check (colour, pixel statistics, feature distance)
+    heatmap.py      the class activation map and its picture over the image
+    batch.py        many files or a .zip in one request, with their limits; a scan's answer
+    dicom.py        DICOM slices to the same 8-bit grey input the PNG-trained models see
 
-It needs numpy, Pillow, opencv, keras/tensorflow and (for Hub bundles) huggingface_hub,
+It needs numpy, Pillow, opencv, keras/tensorflow, pydicom and (for Hub bundles) huggingface_hub,
 nothing that only training uses (no scikit-learn, no matplotlib).
 """
 
