@@ -331,21 +331,23 @@ def build_batch_tabs(bundles):
     common = dict(concurrency_limit=BATCH_CONCURRENCY_LIMIT, concurrency_id="batch")
     with gr.Tab("Many images"):
         gr.Markdown(BATCH_TEXT)
-        files = gr.File(file_count="multiple", label="Images, DICOM slices or .zip files")
+        files = gr.File(file_count="multiple", label="Images, DICOM slices or .zip files", elem_id="batch-files")
         model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
         go = gr.Button("Classify all", variant="primary")
-        table = gr.Dataframe(headers=batch.COLUMNS, label="Results", interactive=False, wrap=True)
-        csv_out = gr.File(label="Results as CSV")
+        table = gr.Dataframe(headers=batch.COLUMNS, label="Results", interactive=False, wrap=True,
+                             elem_id="batch-table")
+        csv_out = gr.File(label="Results as CSV", elem_id="batch-csv")
     go.click(predict_batch, [files, model], [table, csv_out], api_name="predict_batch", **common)
     with gr.Tab("CT series (one scan)"):
         gr.Markdown(SERIES_TEXT)
-        slices = gr.File(file_count="multiple", label="The slices of one scan (or a .zip)")
-        series_model = gr.Dropdown(choices, value=ct, label="Model", visible=len(names) > 1)
+        slices = gr.File(file_count="multiple", label="The slices of one scan (or a .zip)", elem_id="series-files")
+        series_model = gr.Dropdown(choices, value=ct, label="Model", visible=len(names) > 1,
+                                   elem_id="series-model")
         go_series = gr.Button("Classify the scan", variant="primary")
-        scan = gr.Label(num_top_classes=5, label="Scan answer")
+        scan = gr.Label(num_top_classes=5, label="Scan answer", elem_id="series-answer")
         scan_text = gr.Markdown(label="Scan summary")
         slice_table = gr.Dataframe(headers=batch.COLUMNS, label="Slices, in scan order",
-                                   interactive=False, wrap=True)
+                                   interactive=False, wrap=True, elem_id="series-table")
         slice_csv = gr.File(label="Slices as CSV")
     go_series.click(predict_series, [slices, series_model], [scan, scan_text, slice_table, slice_csv],
                     api_name="predict_series", **common)
