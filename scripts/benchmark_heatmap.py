@@ -111,25 +111,16 @@ def main(argv=None):
 
 def record(folder, row, command, serving_json=None):
     """measured.heatmap (and measured.serving) into FOLDER/metadata.json; re-render the card."""
-    from lungclf.bundle import write_json
-    from training.card import write
+    from scripts.benchmark_serving import record as record_serving
+    from training import card
 
-    path = os.path.join(folder, "metadata.json")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    measured = meta.setdefault("measured", {})
-    measured["heatmap"] = {"ms": {k: round(v, 2) for k, v in row["ms"].items()},
-                           "ratio": {k: round(v, 3) for k, v in row["ratio"].items()},
-                           "load": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
-                           "command": command}
-    write_json(path, meta)
-    write(folder)
+    card.record(folder, {"ms": {k: round(v, 2) for k, v in row["ms"].items()},
+                         "ratio": {k: round(v, 3) for k, v in row["ratio"].items()},
+                         "load": round(os.getloadavg()[0], 1), "cores": os.cpu_count(),
+                         "command": command}, "measured", "heatmap")
     if serving_json:
-        from scripts.benchmark_serving import record as record_serving
-
         with open(serving_json) as f:
             record_serving(folder, json.load(f))
-
 
 if __name__ == "__main__":
     main()

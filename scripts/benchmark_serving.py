@@ -310,24 +310,18 @@ def main(argv=None):
 
 def record(folder, figures):
     """measured.serving (from this script's --json figures) into FOLDER/metadata.json; re-render the card."""
-    from lungclf.bundle import write_json
-    from training.card import write
+    from training import card
 
-    path = os.path.join(folder, "metadata.json")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
     runs, fwd = figures["runs"], figures["forward_ms"]["ours"]
     med = lambda app, key: float(np.median([r[key] for r in runs[app]]))  # noqa: E731
     floor = med("floor", "p50_ms") + fwd
-    meta.setdefault("measured", {})["serving"] = {
+    card.record(folder, {
         "p50_ms": round(med("ours", "p50_ms"), 1), "floor_ms": round(floor, 1),
         "p50_over_floor": round(med("ours", "p50_ms") / floor, 3),
         "rps_16_clients": round(med("ours", "rps"), 1), "floor_rps_16_clients": round(med("floor", "rps"), 1),
         "runs": len(runs["ours"]), "load": [round(v[0], 1) for v in figures["load"]],
-        "command": f"python scripts/benchmark_serving.py --model {os.path.relpath(folder, ROOT)} --apps ours,floor"}
-    write_json(path, meta)
-    write(folder)
-
+        "command": f"python scripts/benchmark_serving.py --model {os.path.relpath(folder, ROOT)} --apps ours,floor"},
+        "measured", "serving")
 
 if __name__ == "__main__":
     main()

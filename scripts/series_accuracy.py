@@ -112,20 +112,13 @@ def main(argv=None):
 
 def record(folder, figures, command):
     """Put the figures into FOLDER/metadata.json and re-render the card (training.card)."""
-    from lungclf.bundle import write_json
     from training import card
 
-    path = os.path.join(folder, "metadata.json")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    meta["series"] = {k: v for k, v in figures.items() if k != "model"} | {
+    path = card.record(folder, {k: v for k, v in figures.items() if k != "model"} | {
         "rule": "mean of the slice probabilities over the slices not flagged as wrong input",
         "groups": "the audit's groups stand in for scans, since the data carry no scan ids",
-        "command": command}
-    write_json(path, meta)
-    card.write(folder)
+        "command": command}, "series")
     print(f"recorded in {path} and the card")
-
 
 if __name__ == "__main__":
     main()

@@ -228,6 +228,24 @@ def write(bundle, repo_id=None, revision=None):
     return path
 
 
+def record(bundle, value, *keys):
+    """Set metadata.json's entry at keys (e.g. "measured", "serving") to value, creating the
+    parents, write metadata.json back and re-render the card: how measurement scripts'
+    --record puts their figures into a bundle."""
+    from lungclf.bundle import write_json
+
+    path = os.path.join(bundle, "metadata.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    node = meta
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    write_json(path, meta)
+    write(bundle)
+    return path
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle folder")
