@@ -331,7 +331,8 @@ def build_batch_tabs(bundles):
     common = dict(concurrency_limit=BATCH_CONCURRENCY_LIMIT, concurrency_id="batch")
     with gr.Tab("Many images"):
         gr.Markdown(BATCH_TEXT)
-        files = gr.File(file_count="multiple", label="Images, DICOM slices or .zip files", elem_id="batch-files")
+        files = gr.File(file_count="multiple", label="Images, DICOM slices or .zip files",
+                        elem_id="batch-files")
         model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
         go = gr.Button("Classify all", variant="primary")
         table = gr.Dataframe(headers=batch.COLUMNS, label="Results", interactive=False, wrap=True,
@@ -340,7 +341,8 @@ def build_batch_tabs(bundles):
     go.click(predict_batch, [files, model], [table, csv_out], api_name="predict_batch", **common)
     with gr.Tab("CT series (one scan)"):
         gr.Markdown(SERIES_TEXT)
-        slices = gr.File(file_count="multiple", label="The slices of one scan (or a .zip)", elem_id="series-files")
+        slices = gr.File(file_count="multiple", label="The slices of one scan (or a .zip)",
+                         elem_id="series-files")
         series_model = gr.Dropdown(choices, value=ct, label="Model", visible=len(names) > 1,
                                    elem_id="series-model")
         go_series = gr.Button("Classify the scan", variant="primary")

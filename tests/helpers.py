@@ -22,7 +22,7 @@ __all__ = ["ROOT", "AppServer", "free_port", "run_app_until_exit",  # scripts/ap
            "COLOURS", "PALETTE", "blob_image", "grey_picture", "halves", "he_tile", "make_dataset",
            "make_preset_dataset", "picture", "preset_image", "tissue", "write_bundle",  # scripts/synthetic.py
            "SHARED_DATA", "COMMITTED_MODEL", "temperature_scaled", "label_id", "confidences", "predict",
-           "readme_block", "open_app", "drop_file", "shown_label", "toast"]
+           "ct_examples", "readme_block", "open_app", "drop_file", "shown_label", "toast"]
 
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 COMMITTED_MODEL = os.path.join(ROOT, "models", "lc25000")
@@ -67,6 +67,17 @@ def predict(url, path, *args):
     from gradio_client import Client, handle_file
 
     return Client(url, verbose=False).predict(handle_file(path), *args, api_name="/predict")[0]
+
+
+def ct_examples(n):
+    """Grey arrays of the committed chest CT bundle's first n held-out examples: as DICOM with
+    window center 128 and width 256, HU 0..255 map onto grey 0..255 one to one, so the model
+    sees the example itself."""
+    from PIL import Image
+
+    folder = os.path.join(ROOT, "models", "chest_ct", "examples")
+    names = sorted(os.listdir(folder))[:n]
+    return [np.asarray(Image.open(os.path.join(folder, f)).convert("L"), np.float64) for f in names]
 
 
 def readme_block(lang, containing):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from lungclf.batch import (ArchiveError, BatchError, Item, Limits, Prediction, Row, Workspace,
                            aggregate, expand, extract_member, order_slices, write_csv)
+from tests.helpers import ct_examples
 from tests.make_dicom import bands, ct_slice
 
 
@@ -364,17 +365,6 @@ def test_dicom_series_gives_slices_in_scan_order_and_their_mean(client, direct, 
     assert f"from {len(kept)} of 3 slices" in text
     everything = json_text(scan, text, table) + open(csv_path).read() + batch_server.output()
     assert SECRET not in everything
-
-
-def ct_examples(n):
-    """Grey arrays of the committed chest CT bundle's held-out examples: as DICOM with window
-    center 128 and width 256, HU 0..255 map onto grey 0..255 one to one, so the model sees the
-    example itself."""
-    from tests.helpers import ROOT
-
-    folder = os.path.join(ROOT, "models", "chest_ct", "examples")
-    names = sorted(os.listdir(folder))[:n]
-    return [np.asarray(Image.open(os.path.join(folder, f)).convert("L"), np.float64) for f in names]
 
 
 def json_text(*values):

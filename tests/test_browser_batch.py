@@ -11,7 +11,8 @@ import zipfile
 
 import pytest
 
-from tests.helpers import he_tile, label_id, open_app
+from lungclf.batch import COLUMNS
+from tests.helpers import ct_examples, he_tile, label_id, open_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -19,8 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 def table_rows(page, n, table="#batch-table"):
     """A results table's body rows (lists of cell texts), once it shows `n` of them."""
     rows = page.locator(f"{table} [role=row]").filter(has=page.locator("[role=gridcell]"))
-    page.wait_for_function("([t, n]) => document.querySelectorAll(t + ' [role=gridcell]').length >= 6 * n",
-                           arg=[table, n])
+    page.wait_for_function("([t, cells]) => document.querySelectorAll(t + ' [role=gridcell]').length >= cells",
+                           arg=[table, n * len(COLUMNS)])
     return [[c.strip() for c in row.locator("[role=gridcell]").all_inner_texts()] for row in rows.all()]
 
 
@@ -61,7 +62,6 @@ def test_ct_series_tab_orders_dicom_slices_and_answers_for_the_scan_as_the_api_d
     from gradio_client import Client, handle_file
 
     from tests.make_dicom import ct_slice
-    from tests.test_batch import ct_examples
 
     paths = [str(ct_slice(tmp_path / name, grey, intercept=0, window=(128, 256), position=z))
              for (name, z), grey in zip((("a.dcm", 20.0), ("b.dcm", -20.0), ("c.dcm", 0.0)), ct_examples(3))]
