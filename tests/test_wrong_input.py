@@ -5,9 +5,9 @@ stored, and that every client of the running app sees its warning in the same an
 
 Fast: distances against hand-computed ones; the reference reads back without pickle and
 an .npz that needs pickle is refused. Slow (a tiny bundle the tests train with the real
-training command): synthetic non-images are flagged and new in-distribution images pass;
-a tampered .npz is refused at start-up; gradio_client, @gradio/client (scripts/client.mjs
-under node) and raw curl/SSE against `python app.py` all carry the warning.
+training command): synthetic non-images are flagged; new images of the training kind pass
+at about the rate set on a validation split of real size; a tampered .npz is refused at
+start-up; gradio_client, @gradio/client (scripts/client.mjs under node) and raw curl/SSE against `python app.py` all carry the warning.
 """
 
 import json
@@ -95,27 +95,50 @@ def noise(path, seed):
 
 
 @pytest.mark.slow
-def test_synthetic_non_images_are_flagged_and_new_images_of_the_training_kind_pass(tiny_bundle):
+def test_synthetic_non_images_are_flagged(tiny_bundle):
     from lungclf.bundle import load
     from lungclf.inference import Classifier
     from training.wrong_input import SYNTHETIC, synthetic
 
     clf = Classifier(load(tiny_bundle["out"]))
     assert clf.reference is not None
-    size = clf.size
     for kind in SYNTHETIC:
-        x = synthetic(kind, 20, size, seed=11)
+        x = synthetic(kind, 20, clf.size, seed=11)
         feats = clf.forward(x)[1].numpy()
         flagged = np.mean([v.wrong_input for v in clf.reference.check(x, feats)])
         assert flagged >= 0.9, f"{kind}: only {flagged:.0%} flagged"
-    from lungclf.preprocess import load_image
 
-    x = np.stack([load_image(_png(blob_image(c, 7000 + i)), size) for c in ("red", "green", "blue")
-                  for i in range(10)])
+
+@pytest.mark.slow
+def test_new_images_of_the_training_kind_pass_at_about_the_rate_set_on_validation(tiny_bundle):
+    """Fitted as training fits it (class means on the network's own training split, the
+    threshold on images it never saw, 5% of them flagged), the check passes new images of
+    the same kind at about that rate. The threshold is an order statistic of the validation
+    split, so it needs one of a real size: the tiny bundle's own (about 9 images) puts it
+    anywhere from the 70th to the 99th percentile, so this test sets it on 120 fresh images.
+    Over 10 trained networks x 5 draws the share flagged was 6% on average, 17% at most."""
+    import contextlib
+    import io
+
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
+    from lungclf.preprocess import load_image
+    from scripts.synthetic import COLOURS
+    from training.wrong_input import fit, recompute, set_threshold
+
+    bundle = load(tiny_bundle["out"])
+    clf = Classifier(bundle)
+    with contextlib.redirect_stdout(io.StringIO()):
+        prepared = recompute(bundle.metadata, tiny_bundle["data"])
+    x_train, y_train = prepared.part("train")
+    ref, _ = fit(clf.forward(x_train)[1].numpy(), y_train, x_train, len(COLOURS))
+    x = np.stack([load_image(_png(blob_image(c, 50_000 + 1000 * ci + i)), clf.size)
+                  for ci, c in enumerate(COLOURS) for i in range(80)])
     feats = clf.forward(x)[1].numpy()
-    # Most pass, not 95%: the tiny bundle's validation split (about 10 images) sets the limit,
-    # so its 95% point is a rough one.
-    assert np.mean([v.wrong_input for v in clf.reference.check(x, feats)]) <= 1 / 3
+    val = np.arange(len(x)) % 2 == 0
+    set_threshold(ref, x[val], feats[val], quantile=0.05)
+    flagged = np.mean([v.wrong_input for v in ref.check(x[~val], feats[~val])])
+    assert flagged <= 0.25, f"{flagged:.0%} of 120 new images of the training kind flagged (5% expected)"
 
 
 def _png(im):
