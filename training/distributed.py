@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from types import SimpleNamespace
 
 import numpy as np
@@ -197,7 +198,27 @@ def main(argv=None):
     p.add_argument("--job", required=True, help="job folder written by training.train (job.json)")
     p.add_argument("--process-id", type=int, required=True, help="this worker's index, 0 .. processes-1")
     args = p.parse_args(argv)
-    worker(args.job, args.process_id)
+    # Leave without Python's shutdown. At interpreter exit the garbage collector closes Keras'
+    # iterator over the tf.data pipeline, and the destructor of its parallel map waits for
+    # in-flight decodes (tf.numpy_function) that need the GIL it holds: a deadlock, seen once
+    # in CI after the worker had written its results. So: meet the other workers in JAX's
+    # shutdown barrier, flush, and exit at once (with 1 after an error, its traceback shown).
+    code = 0
+    try:
+        worker(args.job, args.process_id)
+        import jax
+
+        jax.distributed.shutdown()
+    except SystemExit as e:  # a message (str) or an exit status
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = 1 if isinstance(e.code, str) else (e.code or 0)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
