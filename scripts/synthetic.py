@@ -11,7 +11,8 @@ Images: blob_image (class colour + noise), he_tile (H&E-like tile), tissue (text
 ellipses), tissue_jpeg (JPEG bytes of smooth colour noise, 224 px like an LC25000 tile),
 picture (an asymmetric picture of flat colours, so rotation and flips show), halves (two
 class colours side by side, so mirroring changes what a model sees) and preset_image
-(images shaped like a training preset's data). Data sets: make_dataset, make_preset_dataset.
+(images shaped like a training preset's data), blob_task (noise, with one red blob in class 1:
+where the evidence is, for the heatmap). Data sets: make_dataset, make_preset_dataset.
 Bundles: write_bundle (a Keras model plus metadata copied from a real bundle).
 """
 
@@ -31,6 +32,29 @@ def blob_image(colour, seed, size=48):
     rng = np.random.default_rng(seed)
     a = np.array(COLOURS[colour], np.float32) + rng.normal(0, 25, (size, size, 3))
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def blob_task(n, size=64, seed=0):
+    """Images of colour noise (a texture everywhere, so any filter responds everywhere);
+    class 1 (every other image) has one bright red blob of radius 6 at a random place,
+    class 0 none. Returns (x float32 0..255 (n, size, size, 3), y, blob centres (row, col)
+    or None)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    x = np.stack([cv2.GaussianBlur(a, (0, 0), 1.0)
+                  for a in rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)])
+    y = np.arange(n) % 2
+    yy, xx = np.mgrid[:size, :size]
+    centres = []
+    for i in range(n):
+        if y[i]:
+            cy, cx = rng.uniform(10, size - 10, 2)
+            x[i][(yy - cy) ** 2 + (xx - cx) ** 2 < 6 ** 2] = (230, 30, 30)
+            centres.append((cy, cx))
+        else:
+            centres.append(None)
+    return x, y, centres
 
 
 def halves(left, right, seed, size=64):

@@ -4,45 +4,24 @@
 
 Fast: the map decomposes each network's own logits (mean over positions + bias = the
 logit the model's softmax reads), for all three networks including the nested MobileNetV3
-backbone; the overlay's opacity ends. Slow: on a synthetic task where the class is set by
-one bright blob, the map peaks on the blob; and the model-randomisation check of Adebayo
-et al. (2018, "Sanity checks for saliency maps"): with the last layers' weights
-randomised, the map no longer resembles the trained one (low Spearman rank correlation).
+backbone; the overlay's opacity ends; in a network whose evidence is known (redness per
+cell, hand-set) the map points at every red blob. Slow: the model-randomisation check of
+Adebayo et al. (2018, "Sanity checks for saliency maps"): with the last layers' weights
+randomised, a trained network's map no longer resembles its trained one (low Spearman rank
+correlation).
+
+Not asserted: that a *trained* network's map points at the blob. It does for some trainings
+and not others (compact network, 64 px, a 4 x 4 map: pointing game 0.27 to 0.97 over 8
+seeds, the blob's cell hotter than 66% to 94% of the others; `python
+scripts/heatmap_pointing.py`), and an earlier version of this file asserted it for one seed
+that happened to pass.
 """
 
 import numpy as np
 import pytest
 from lungclf.heatmap import overlay
 from lungclf.inference import explain_fn
-
-
-def blob_task(n, size=64, seed=0):
-    """Images of colour noise (a texture everywhere, so any filter responds everywhere);
-    class 1 has one bright red blob at a random place, class 0 none.
-    Returns (x float32 0..255, y, blob centres (row, col) or None)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    x = np.stack([cv2.GaussianBlur(a, (0, 0), 1.0)
-                  for a in rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)])
-    y = np.arange(n) % 2
-    yy, xx = np.mgrid[:size, :size]
-    centres = []
-    for i in range(n):
-        if y[i]:
-            cy, cx = rng.uniform(10, size - 10, 2)
-            x[i][(yy - cy) ** 2 + (xx - cx) ** 2 < 6 ** 2] = (230, 30, 30)
-            centres.append((cy, cx))
-        else:
-            centres.append(None)
-    return x, y, centres
-
-
-def peak(cam, size):
-    """(row, col) in image pixels of the centre of the map's highest cell."""
-    r, c = np.unravel_index(np.argmax(cam), cam.shape)
-    step = size / cam.shape[0]
-    return (r + 0.5) * step, (c + 0.5) * step
+from scripts.synthetic import blob_task
 
 
 @pytest.mark.parametrize("arch", ["compact", "resnet", "mobilenet"])
@@ -87,14 +66,15 @@ def blob_model():
     return model
 
 
-@pytest.mark.slow
-def test_map_of_the_blob_class_peaks_on_the_blob(blob_model):
-    x, y, centres = blob_task(60, seed=1)
-    logits, _, maps = (t.numpy() for t in explain_fn(blob_model)(x))
-    assert (logits.argmax(1) == y).mean() >= 0.9, "the blob task should be learned"
-    hits = [np.hypot(*np.subtract(peak(maps[i, :, :, 1], 64), centres[i])) <= 16
-            for i in range(len(x)) if y[i]]
-    assert np.mean(hits) >= 0.9
+def test_map_peaks_where_the_evidence_is_in_a_network_whose_evidence_is_known():
+    """A network that adds each cell's redness to class 1 (hand-set, nothing trained): its
+    class-1 map must point at every red blob. A trained network's map is only as local as
+    what it learned (scripts/heatmap_pointing.py measures that; see the module docstring)."""
+    from scripts.heatmap_pointing import held_out, local_evidence_model, scores
+
+    x, centres = held_out()
+    pointing, rank = scores(local_evidence_model(), x, centres)
+    assert pointing == 1.0 and rank >= 0.95
 
 
 @pytest.mark.slow
