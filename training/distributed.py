@@ -201,8 +201,9 @@ def main(argv=None):
     # Leave without Python's shutdown. At interpreter exit the garbage collector closes Keras'
     # iterator over the tf.data pipeline, and the destructor of its parallel map waits for
     # in-flight decodes (tf.numpy_function) that need the GIL it holds: a deadlock, seen once
-    # in CI after the worker had written its results. So: meet the other workers in JAX's
-    # shutdown barrier, flush, and exit at once (with 1 after an error, its traceback shown).
+    # in a full test run (bash .ci/run), after the worker had written its results. So: meet
+    # the other workers in JAX's shutdown barrier, flush, and exit at once (with 1 after an
+    # error, its traceback shown).
     code = 0
     try:
         worker(args.job, args.process_id)
