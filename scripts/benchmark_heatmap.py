@@ -122,5 +122,6 @@ def record(folder, row, command, serving_json=None):
         with open(serving_json) as f:
             record_serving(folder, json.load(f))
 
+
 if __name__ == "__main__":
     main()

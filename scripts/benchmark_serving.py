@@ -323,5 +323,6 @@ def record(folder, figures):
         "command": f"python scripts/benchmark_serving.py --model {os.path.relpath(folder, ROOT)} --apps ours,floor"},
         "measured", "serving")
 
+
 if __name__ == "__main__":
     main()

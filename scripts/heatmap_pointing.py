@@ -103,10 +103,11 @@ def main(argv=None):
         print(f"{'compact, trained':28s} {seed:4d} {pointing:8.2f} {rank:5.2f}", flush=True)
     trained = rows[1:]
     if trained:
-        print(f"trained, median of {len(trained)}: pointing {np.median([r['pointing'] for r in trained]):.2f} "
-              f"(range {min(r['pointing'] for r in trained):.2f}-{max(r['pointing'] for r in trained):.2f}), "
-              f"rank {np.median([r['rank'] for r in trained]):.2f} "
-              f"(range {min(r['rank'] for r in trained):.2f}-{max(r['rank'] for r in trained):.2f}); chance 0.5")
+        summary = []
+        for key in ("pointing", "rank"):
+            v = [r[key] for r in trained]
+            summary.append(f"{key} {np.median(v):.2f} (range {min(v):.2f}-{max(v):.2f})")
+        print(f"trained, median of {len(trained)}: {', '.join(summary)}; chance 0.5")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -120,5 +120,6 @@ def record(folder, figures, command):
         "command": command}, "series")
     print(f"recorded in {path} and the card")
 
+
 if __name__ == "__main__":
     main()

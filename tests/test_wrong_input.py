@@ -7,7 +7,8 @@ Fast: distances against hand-computed ones; the reference reads back without pic
 an .npz that needs pickle is refused. Slow (a tiny bundle the tests train with the real
 training command): synthetic non-images are flagged; new images of the training kind pass
 at about the rate set on a validation split of real size; a tampered .npz is refused at
-start-up; gradio_client, @gradio/client (scripts/client.mjs under node) and raw curl/SSE against `python app.py` all carry the warning.
+start-up; gradio_client, @gradio/client (scripts/client.mjs under node) and raw curl/SSE
+against `python app.py` all carry the warning.
 """
 
 import json
