@@ -130,7 +130,10 @@ class Reference:
 
     def flags(self, x, features):
         """(flagged by colour, by pixel statistics, by features, distances, colourfulness), each (N,)."""
-        stats = pixel_stats(x)
+        return self.flags_of(pixel_stats(x), features)
+
+    def flags_of(self, stats, features):
+        """flags() from the images' pixel statistics (N, 8) instead of the images."""
         colour = stats[:, 6]
         dist = self.distances(features)
         by_pixels = mahalanobis(stats, self.stats_mean, self.stats_precision) > self.stats_threshold

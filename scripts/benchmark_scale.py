@@ -10,7 +10,7 @@ process, so its peak resident memory (ru_maxrss) is its own:
 
     input      the streaming training input alone (training/stream.py: decode through
                lungclf.preprocess, augment, batch) over every image once
-    fit        one epoch of `training.train.fit` on the streamed train split (90% of the
+    fit        one epoch of `training.steps.fit` on the streamed train split (90% of the
                images), with 1 process (TensorFlow) or N JAX processes (training/distributed.py);
                a small network (compact, width 16, 64 px) so that the input is what scales
     audit      training.audit.run: describe every image, candidate pairs from the HNSW index
@@ -89,22 +89,23 @@ def peak_mb(who=resource.RUSAGE_SELF):
 # ---------------------------------------------------------------- one measurement per process
 
 def _prepared(data, size, width):
-    """The data as training.train.Prepared without decoding (streamed), split by file: every
+    """The data as training.datatypes.Prepared without decoding (streamed), split by file: every
     10th image to validation; and the FitConfig of a small network for one epoch."""
-    from training import train
+    from training import steps
     from training.data import scan
+    from training.datatypes import Prepared
+    from training.recipe import Recipe
 
     items = scan(data)
     labels = sorted({it.label for it in items})
     split = np.array(["val" if i % 10 == 0 else "train" for i in range(len(items))])
-    prepared = train.Prepared(data_dir=data, labels=labels, paths=[it.path for it in items],
+    prepared = Prepared(data_dir=data, labels=labels, paths=[it.path for it in items],
                               groups=[it.path for it in items], split=split, x=None,
                               y=np.array([labels.index(it.label) for it in items]), report={}, split_info={},
                               images_found=len(items), unreadable=[], left_out={})
-    args = train.parse_args(["--data", data, "--out", "unused", "--preset", "lc25000", "--arch", "compact",
-                             "--width", str(width), "--image-size", str(size), "--epochs", "1",
-                             "--verbose", "0", "--batch-size", "32"])
-    return prepared, train.configure(args)[1]
+    recipe = Recipe(data=data, preset="lc25000", arch="compact", width=width, image_size=size, epochs=1,
+                    batch_size=32)
+    return prepared, steps.configure(recipe, verbose=0)[1]
 
 
 def child(kind, data, processes, size, width):
@@ -123,7 +124,7 @@ def child(kind, data, processes, size, width):
         n = sum(len(x) for x, _ in ds)
         row |= {"images": n, "seconds": time.time() - t0}
     elif kind == "fit":
-        from training import distributed, stream, train
+        from training import distributed, steps, stream
 
         prepared, config = _prepared(data, size, width)
         n = int((prepared.split == "train").sum())
@@ -131,7 +132,7 @@ def child(kind, data, processes, size, width):
         if processes > 1:
             distributed.fit(prepared, config, processes)
         else:
-            train.fit(prepared, config, data=stream.fit_datasets(prepared, config))
+            steps.fit(prepared, config, data=stream.fit_datasets(prepared, config))
         row |= {"images": n, "seconds": time.time() - t0}
     elif kind == "audit":
         from training import audit

@@ -17,6 +17,7 @@ from PIL import Image
 from lungclf.inference import VIEWS, predict_logits, tta_mean, tta_views
 from tests.helpers import (COMMITTED_MODEL, ROOT, AppServer, confidences, free_port, halves, make_dataset,
                            predict, write_bundle)
+from training.errors import ModelError, TrainingError
 from training.model import ARCHITECTURES, build
 
 
@@ -58,8 +59,15 @@ def test_every_network_loads_in_safe_mode_with_the_same_outputs(arch, tmp_path):
 
 
 def test_an_unknown_network_is_refused_with_the_choices():
-    with pytest.raises(SystemExit, match="compact, resnet, mobilenet, lite0, anchor"):
+    with pytest.raises(ModelError, match="compact, resnet, mobilenet, lite0, lite2, anchor"):
         build("vgg", 32, 3)
+
+
+def test_library_functions_raise_typed_errors_not_exits():
+    with pytest.raises(ModelError, match="Unknown architecture 'nope'") as stop:
+        build("nope", 32, 2)
+    assert isinstance(stop.value, TrainingError) and not isinstance(stop.value, SystemExit)
+    assert issubclass(ModelError, TrainingError) and not issubclass(ModelError, SystemExit)
 
 
 def test_a_mobilenet_backbone_weights_file_is_loaded(tmp_path):
@@ -93,14 +101,14 @@ def test_a_whole_network_weights_file_is_loaded_and_a_wrong_one_refused(arch, tm
     for a, b in zip(first.weights, second.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{b.path} was not loaded")
     wrong = "does not fit a compact network of width 16" if arch == "compact" else "neither a no-top"
-    with pytest.raises(SystemExit, match=wrong):
+    with pytest.raises(ModelError, match=wrong):
         build(arch, 32, 3, width=16, weights=path) if arch == "compact" else build(arch, 32, 4, weights=path)
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(ModelError, match="no such file"):
         build(arch, 32, 3, width=8, weights=str(tmp_path / "missing.weights.h5"))
 
 
 def test_imagenet_weights_are_only_offered_for_mobilenet():
-    with pytest.raises(SystemExit, match="ImageNet weights exist only for mobilenet.*efficientnet-lite0"):
+    with pytest.raises(ModelError, match="ImageNet weights exist only for mobilenet.*efficientnet-lite0"):
         build("compact", 64, 3, weights="imagenet")
 
 
@@ -109,8 +117,10 @@ def test_imagenet_weights_that_cannot_be_downloaded_fail_fast_with_what_to_do(tm
     closed = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "KERAS_HOME": str(tmp_path), "https_proxy": closed, "HTTPS_PROXY": closed,
            "http_proxy": closed, "HTTP_PROXY": closed, "no_proxy": "", "NO_PROXY": ""}
-    p = subprocess.run([sys.executable, "-c", "from training.model import build; "
-                        "build('mobilenet', 64, 3, weights='imagenet')"],
+    p = subprocess.run([sys.executable, "-c", "from training.errors import cli_errors\n"
+                        "from training.model import build\n"
+                        "with cli_errors():\n"
+                        "    build('mobilenet', 64, 3, weights='imagenet')"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # a hang guard
     assert p.returncode != 0
     assert "Cannot get the ImageNet weights for mobilenet" in p.stderr

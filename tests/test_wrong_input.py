@@ -125,19 +125,20 @@ def test_new_images_of_the_training_kind_pass_at_about_the_rate_set_on_validatio
     from lungclf.inference import Classifier
     from lungclf.preprocess import load_image
     from scripts.synthetic import COLOURS
+    from lungclf.wrong_input import pixel_stats
     from training.wrong_input import fit, recompute, set_threshold
 
     bundle = load(tiny_bundle["out"])
     clf = Classifier(bundle)
     with contextlib.redirect_stdout(io.StringIO()):
-        prepared = recompute(bundle.metadata, tiny_bundle["data"])
+        _, prepared = recompute(tiny_bundle["out"], tiny_bundle["data"])
     x_train, y_train = prepared.part("train")
-    ref, _ = fit(clf.forward(x_train)[1].numpy(), y_train, x_train, len(COLOURS))
+    ref, _ = fit(clf.forward(x_train)[1].numpy(), y_train, pixel_stats(x_train), len(COLOURS))
     x = np.stack([load_image(_png(blob_image(c, 50_000 + 1000 * ci + i)), clf.size)
                   for ci, c in enumerate(COLOURS) for i in range(80)])
     feats = clf.forward(x)[1].numpy()
     val = np.arange(len(x)) % 2 == 0
-    set_threshold(ref, x[val], feats[val], quantile=0.05)
+    set_threshold(ref, pixel_stats(x[val]), feats[val], quantile=0.05)
     flagged = np.mean([v.wrong_input for v in ref.check(x[~val], feats[~val])])
     assert flagged <= 0.25, f"{flagged:.0%} of 120 new images of the training kind flagged (5% expected)"
 

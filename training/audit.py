@@ -55,6 +55,7 @@ from scipy.sparse.csgraph import connected_components
 from training import neighbours
 from training import split as splitting
 from training.data import scan
+from training.errors import DataError, cli_errors
 from lungclf.preprocess import ImageError, open_image, read_rgb, to_rgb
 
 # The method's settings, chosen by measurement (scripts/check_tile_groups.py and the CT sets).
@@ -156,11 +157,11 @@ def read_group_file(path, known):
             data = f.read()
         text = data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"--groups {path}: cannot read it ({e})") from None
+        raise DataError(f"--groups {path}: cannot read it ({e})") from None
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or not {"path", "group"} <= {c.strip() for c in reader.fieldnames}:
-        raise SystemExit(f"--groups {path}: expected a CSV with the header 'path,group', "
-                         f"got {','.join(reader.fieldnames or []) or 'an empty file'!r}")
+        raise DataError(f"--groups {path}: expected a CSV with the header 'path,group', "
+                        f"got {','.join(reader.fieldnames or []) or 'an empty file'!r}")
     members, unknown, rows = {}, [], 0
     for row in reader:
         rel = posixpath.normpath((row.get("path") or "").strip().replace("\\", "/"))
@@ -414,7 +415,7 @@ def run(root, items=None, progress=True, seed=0, groups_file=None):
     items, described = [it for it, _ in kept], [r for _, r in kept]
     n = len(items)
     if n == 0:
-        raise SystemExit(f"No readable images in {root}.")
+        raise DataError(f"No readable images in {root}.")
 
     by_sha = {}
     for i, d in enumerate(described):
@@ -698,9 +699,10 @@ def main(argv=None):
                    "or scan ids): images sharing a group stay together, joined with what the audit finds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    report = run(args.data, progress=not args.quiet, seed=args.seed, groups_file=args.groups)
-    rows, info = make_split(report, args.val_fraction, args.test_fraction, args.seed, args.keep_published_split)
-    write(report, rows, info, args.out)
+    with cli_errors():
+        report = run(args.data, progress=not args.quiet, seed=args.seed, groups_file=args.groups)
+        rows, info = make_split(report, args.val_fraction, args.test_fraction, args.seed, args.keep_published_split)
+        write(report, rows, info, args.out)
     print(report["summary"], f"({report['seconds']} s)")
     for w in report["warnings"]:
         print("WARNING:", w)

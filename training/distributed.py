@@ -44,6 +44,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from training.errors import TrainingError, WorkerError
+
 WEIGHTS = "final_weights.npz"  # model.get_weights() in order, written by worker 0
 HISTORY = "history.json"
 
@@ -55,20 +57,20 @@ def free_port():
 
 
 def check_options(processes, coordinator, process_id, batch_size):
-    """A one-line SystemExit for options that cannot make a job."""
+    """A one-line TrainingError for options that cannot make a job."""
     if processes < 1:
-        raise SystemExit("--processes must be at least 1")
+        raise TrainingError("--processes must be at least 1")
     if coordinator is None and process_id is not None:
-        raise SystemExit("--process-id needs --coordinator HOST:PORT (the address of process 0)")
+        raise TrainingError("--process-id needs --coordinator HOST:PORT (the address of process 0)")
     if coordinator is not None:
         host, _, port = coordinator.rpartition(":")
         if not host or not port.isdigit():
-            raise SystemExit(f"--coordinator {coordinator}: expected HOST:PORT, e.g. 10.0.0.1:29500")
+            raise TrainingError(f"--coordinator {coordinator}: expected HOST:PORT, e.g. 10.0.0.1:29500")
         if process_id is None or not 0 <= process_id < processes:
-            raise SystemExit(f"--coordinator needs --process-id between 0 and {processes - 1}")
+            raise TrainingError(f"--coordinator needs --process-id between 0 and {processes - 1}")
     if batch_size % processes:
-        raise SystemExit(f"--batch-size {batch_size} must be a multiple of --processes {processes} "
-                         "(each process takes an equal share of a batch)")
+        raise TrainingError(f"--batch-size {batch_size} must be a multiple of --processes {processes} "
+                            "(each process takes an equal share of a batch)")
 
 
 def weights_sha256(weights):
@@ -105,17 +107,17 @@ def fit(prepared, config, processes, coordinator=None, process_id=None, cache=No
                                  "--process-id", str(i)], env=env) for i in ids]
     failed = _wait(workers, timeout)
     if failed:
-        raise SystemExit(f"distributed training failed: worker {failed[0]} exited with code {failed[1]} "
-                         f"(its log is above; job folder {job})")
+        raise WorkerError(f"distributed training failed: worker {failed[0]} exited with code {failed[1]} "
+                          f"(its log is above; job folder {job})")
     records = [json.load(open(os.path.join(job, f"worker-{i}.json"))) for i in ids]
     for r in records:
         print(f"worker {r['process_id']}: decoded {r['images_decoded']} images ({r['distinct_images']} distinct "
               f"of its share of {r['share']}), weights sha256 {r['weights_sha256'][:12]}")
     if local and len({r["weights_sha256"] for r in records}) != 1:
-        raise SystemExit("distributed training failed: the workers ended with different weights")
+        raise WorkerError("distributed training failed: the workers ended with different weights")
     if 0 not in ids:
         return None, None
-    from training.train import build_model
+    from training.steps import build_model
 
     model = build_model(config, len(prepared.labels))
     with np.load(os.path.join(job, WEIGHTS)) as saved:
@@ -160,9 +162,10 @@ def worker(job, process_id):
     import keras
 
     if keras.backend.backend() != "jax":
-        raise SystemExit("a distributed worker needs KERAS_BACKEND=jax")
+        raise WorkerError("a distributed worker needs KERAS_BACKEND=jax")
     from training import stream
-    from training.train import FitConfig, Prepared, fit
+    from training.datatypes import FitConfig, Prepared
+    from training.steps import fit
 
     n = spec["processes"]
     config = FitConfig(**spec["config"])
@@ -210,6 +213,9 @@ def main(argv=None):
         import jax
 
         jax.distributed.shutdown()
+    except TrainingError as e:  # a message for the person who ran the job
+        print(e, file=sys.stderr)
+        code = 1
     except SystemExit as e:  # a message (str) or an exit status
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

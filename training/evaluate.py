@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from lungclf.inference import calibrate, predict_logits
+from training.errors import ModelError, cli_errors
 
 
 def fit_temperature(logits, y):
@@ -80,42 +81,43 @@ def main():
                    help="also measure test-time augmentation (the bundle's views, averaged)")
     args = p.parse_args()
 
-    from training import plots
-    from lungclf.bundle import BundleError, load
-    from training.data import load_images, scan
+    with cli_errors():
+        from training import plots
+        from lungclf.bundle import BundleError, load
+        from training.data import load_images, scan
 
-    try:
-        b = load(args.model)
-    except BundleError as e:
-        raise SystemExit(f"refused: {e}")
-    items = [it for it in scan(args.data)]
-    unknown = sorted({it.label for it in items} - set(b.labels))
-    if unknown:
-        print(f"skipping classes the model does not know: {', '.join(unknown)}")
-        items = [it for it in items if it.label in b.labels]
-    x, kept, bad = load_images(args.data, items, b.input_size)
-    for path, why in bad:
-        print(f"skipped {path}: {why}")
-    y = np.array([b.labels.index(it.label) for it in kept])
-    probs = calibrate(predict_logits(b.model, x), b.temperature)
-    print(classification_report(y, probs.argmax(1), labels=list(range(len(b.labels))),
-                                target_names=b.labels, digits=4, zero_division=0))
-    m = metrics(probs, y, b.labels)
-    print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
-          f"on {len(y)} images")
-    if args.tta:
-        views, t = b.meta.tta.views, b.meta.tta.temperature or b.temperature
-        tta_probs = calibrate(predict_logits(b.model, x, views=views), t)
-        m["tta"] = metrics(tta_probs, y, b.labels) | {"views": views}
-        print(f"with TTA ({len(views)} views): accuracy {m['tta']['accuracy']:.4f}  "
-              f"macro-F1 {m['tta']['macro_f1']:.4f}  ECE {m['tta']['ece']:.4f}")
-    if args.out:  # the confusion matrix shows the plain figures, as metrics.json's top level does
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "metrics.json"), "w") as f:
-            json.dump(m, f, indent=2)
-        plots.confusion_matrix(y, probs.argmax(1), b.labels, os.path.join(args.out, "confusion_matrix.png"),
-                               title=f"Confusion matrix ({os.path.basename(os.path.normpath(args.data))})")
-        print(f"wrote {args.out}/metrics.json and confusion_matrix.png")
+        try:
+            b = load(args.model)
+        except BundleError as e:
+            raise ModelError(f"refused: {e}") from None
+        items = [it for it in scan(args.data)]
+        unknown = sorted({it.label for it in items} - set(b.labels))
+        if unknown:
+            print(f"skipping classes the model does not know: {', '.join(unknown)}")
+            items = [it for it in items if it.label in b.labels]
+        x, kept, bad = load_images(args.data, items, b.input_size)
+        for path, why in bad:
+            print(f"skipped {path}: {why}")
+        y = np.array([b.labels.index(it.label) for it in kept])
+        probs = calibrate(predict_logits(b.model, x), b.temperature)
+        print(classification_report(y, probs.argmax(1), labels=list(range(len(b.labels))),
+                                    target_names=b.labels, digits=4, zero_division=0))
+        m = metrics(probs, y, b.labels)
+        print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  "
+              f"on {len(y)} images")
+        if args.tta:
+            views, t = b.meta.tta.views, b.meta.tta.temperature or b.temperature
+            tta_probs = calibrate(predict_logits(b.model, x, views=views), t)
+            m["tta"] = metrics(tta_probs, y, b.labels) | {"views": views}
+            print(f"with TTA ({len(views)} views): accuracy {m['tta']['accuracy']:.4f}  "
+                  f"macro-F1 {m['tta']['macro_f1']:.4f}  ECE {m['tta']['ece']:.4f}")
+        if args.out:  # the confusion matrix shows the plain figures, as metrics.json's top level does
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "metrics.json"), "w") as f:
+                json.dump(m, f, indent=2)
+            plots.confusion_matrix(y, probs.argmax(1), b.labels, os.path.join(args.out, "confusion_matrix.png"),
+                                   title=f"Confusion matrix ({os.path.basename(os.path.normpath(args.data))})")
+            print(f"wrote {args.out}/metrics.json and confusion_matrix.png")
 
 
 if __name__ == "__main__":

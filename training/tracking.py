@@ -14,6 +14,8 @@ imports it.
 import os
 import pathlib
 
+from training.errors import TrainingError
+
 EXPERIMENT = "lung-image-classifier"
 
 
@@ -29,8 +31,8 @@ class Run:
         try:
             import mlflow
         except ImportError:
-            raise SystemExit("MLflow tracking was asked for (--mlflow or MLFLOW_TRACKING_URI) but "
-                             "mlflow is not installed: pip install mlflow-skinny") from None
+            raise TrainingError("MLflow tracking was asked for (--mlflow or MLFLOW_TRACKING_URI) but "
+                                "mlflow is not installed: pip install mlflow-skinny") from None
         self.mlflow = mlflow
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

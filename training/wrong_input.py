@@ -1,28 +1,28 @@
 """Fit a bundle's wrong-input check, measure it, and give the bundle its example images.
 
-    python -m training.wrong_input models/lc25000 --ood-data ../shared/data/chest_ct \\
-        --ood-data ../shared/data/iq_othnccd
+    python -m training.wrong_input models/lc25000
+    python -m training.wrong_input models/chest_ct --ood-data ../shared/data/lc25000
     python -m training.wrong_input --help
 
-For an existing bundle this recomputes its split from the data and the settings of its
-recorded training command (the same audit and split as training.train), checks the
-split's fingerprint against metadata.json and refuses if they differ, then:
+For an existing bundle this recomputes its split from its recipe.json (the same audit and
+split as training.train), checks the split's fingerprint against metadata.json and refuses
+if they differ; flags override the recipe's wrong-input settings. Then:
 
-  1. runs the network on the TRAINING split and fits the reference of lungclf/wrong_input.py:
+  1. fits the reference of lungclf/wrong_input.py on the images the model was fitted on:
      class means of the penultimate features and one shared covariance with Ledoit-Wolf
-     shrinkage (or --wrong-input-shrinkage; scikit-learn, here only), the pixel statistics'
+     shrinkage (or wrong_input_shrinkage; scikit-learn, here only), the pixel statistics'
      mean and covariance (flagging beyond 1.25 x the largest training distance), and the
      colourfulness range of the images;
-  2. sets the feature threshold on the VALIDATION split so that --wrong-input-quantile of
-     it (default 5%) is flagged by any of the checks;
-  3. measures the share flagged on the held-out TEST split (false warnings), on synthetic
-     wrong inputs made here (noise, flat, gradients, text) and on every --ood-data folder
-     (images of another kind: all files under it, up to --ood-limit, seeded);
+  2. sets the feature threshold so that wrong_input_quantile (default 5%) of images the
+     reference has not seen is flagged by any of the checks: the VALIDATION split of a
+     finetune bundle, the OUT-OF-FOLD distances (by group) of a frozen one;
+  3. measures the share flagged on held-out images (false warnings), on synthetic wrong
+     inputs made here (noise, flat, gradients, text) and on every ood_data folder (images
+     of another kind: all files under it, up to ood_limit, seeded);
   4. writes BUNDLE/wrong_input.npz, the `wrong_input` block of metadata.json, up to
-     --examples images from the test split into BUNDLE/examples/ (at least one per class,
-     among those the check passes) and re-renders the card.
+     `examples` held-out images into BUNDLE/examples/ and re-renders the card.
 
-Training calls `fit_bundle` the same way after writing a bundle (training.train --ood-data).
+Training calls `fit_bundle` (finetune) or `fit_bundle_out_of_fold` (frozen) after writing a bundle.
 """
 
 import argparse
@@ -37,7 +37,8 @@ import numpy as np
 from lungclf import schema
 from lungclf.bundle import BundleError, sha256, verify, write_json
 from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, load_image, resize
-from lungclf.wrong_input import FILE, Reference, colourfulness, pixel_stats
+from lungclf.wrong_input import FILE, Reference, mahalanobis, pixel_stats
+from training.errors import DataError, SplitMismatch, TrainingError, cli_errors
 
 SYNTHETIC = ("noise", "flat", "gradients", "text")
 WORDS = ("patient", "lung", "scan", "report", "2024", "CONFIDENTIAL", "slide 12", "hello", "logo", "A B C")
@@ -91,7 +92,7 @@ def folder_images(folder, size, limit=400, seed=0):
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise SystemExit(f"--ood-data {folder}: no images found under it")
+        raise DataError(f"--ood-data {folder}: no images found under it")
     if len(paths) > limit:
         paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
     out = []
@@ -111,10 +112,11 @@ def features(model, x, batch_size=64):
     return predict_features(model, np.asarray(x, np.float32), batch_size)[1]
 
 
-def fit(train_features, train_labels, train_images, n_classes, modality="", shrinkage=None):
+def fit(train_features, train_labels, train_stats, n_classes, modality="", shrinkage=None):
     """The reference, without its feature threshold: class means and shared shrinkage
     precision of the features (Ledoit-Wolf's own shrinkage, or `shrinkage` towards a scaled
     identity); mean, precision and threshold of the pixel statistics; colour range.
+    `train_stats`: the training images' pixel statistics (lungclf.wrong_input.pixel_stats).
     Returns (reference, the shrinkage used)."""
     from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
@@ -122,27 +124,30 @@ def fit(train_features, train_labels, train_images, n_classes, modality="", shri
     y = np.asarray(train_labels)
     missing = [c for c in range(n_classes) if not (y == c).any()]
     if missing:
-        raise SystemExit(f"the training split has no image of class(es) {missing}: cannot fit the check")
+        raise DataError(f"the training split has no image of class(es) {missing}: cannot fit the check")
     means = np.stack([f[y == c].mean(axis=0) for c in range(n_classes)])
     cov = (LedoitWolf(assume_centered=True) if shrinkage is None
            else ShrunkCovariance(shrinkage=shrinkage, assume_centered=True)).fit(f - means[y])
-    colour = colourfulness(train_images)
+    stats = np.asarray(train_stats, np.float64)
+    colour = stats[:, 6]
     lo, hi = np.quantile(colour, [0.001, 0.999])
     # A margin on both sides: half the lowest colourfulness seen, and 1.5 times the highest
     # plus 4 (JPEG colour noise on grey images).
-    stats = pixel_stats(train_images)
     slw = LedoitWolf().fit(stats)
     ref = Reference(means, cov.precision_, slw.location_, slw.precision_,
                     colour_range=(float(lo / 2), float(hi * 1.5 + 4)), modality=modality)
     # Pixel statistics flag only what is beyond every training image, by a quarter.
-    ref.stats_threshold = float(ref.stats_distances(train_images).max() * 1.25)
+    ref.stats_threshold = float(mahalanobis(stats, ref.stats_mean, ref.stats_precision).max() * 1.25)
     return ref, float(getattr(cov, "shrinkage_", shrinkage))
 
 
-def set_threshold(ref, val_images, val_features, quantile=0.05):
-    """The feature threshold: the lowest at which at most `quantile` of the validation split
-    is flagged by any of the checks (colour and pixel flags count too); returns ref."""
-    by_colour, by_pixels, _, dist, _ = ref.flags(val_images, val_features)
+def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None):
+    """The feature threshold: the lowest at which at most `quantile` of the validation images
+    (their pixel statistics and features) is flagged by any of the checks (colour and pixel
+    flags count too); `distances` replaces the features' distances to ref (out-of-fold
+    distances, each to the reference of a fold that did not see it). Returns ref."""
+    by_colour, by_pixels, _, dist, _ = ref.flags_of(val_stats, val_features)
+    dist = dist if distances is None else np.asarray(distances)
     cheap = by_colour | by_pixels
     threshold = float(dist.max()) * 1.0001
     for t in np.sort(dist)[::-1]:
@@ -153,17 +158,20 @@ def set_threshold(ref, val_images, val_features, quantile=0.05):
     return ref
 
 
-def rate(ref, x, feats):
-    """{"images", "flagged", "by_colour", "by_pixels", "by_features"} of a set: shares flagged."""
-    by_colour, by_pixels, by_features, _, _ = ref.flags(x, feats)
-    share = lambda m: round(float(m.mean()), 4) if len(x) else None  # noqa: E731
-    return {"images": int(len(x)), "flagged": share(by_colour | by_pixels | by_features),
+def rate(ref, stats, feats, distances=None):
+    """{"images", "flagged", "by_colour", "by_pixels", "by_features"} of a set (its pixel
+    statistics and features; `distances` as in set_threshold): shares flagged."""
+    by_colour, by_pixels, by_features, _, _ = ref.flags_of(stats, feats)
+    if distances is not None:
+        by_features = np.asarray(distances) > ref.threshold
+    share = lambda m: round(float(m.mean()), 4) if len(stats) else None  # noqa: E731
+    return {"images": int(len(stats)), "flagged": share(by_colour | by_pixels | by_features),
             "by_colour": share(by_colour), "by_pixels": share(by_pixels), "by_features": share(by_features)}
 
 
 def measure(ref, model, sets):
     """{name: rate} for each (name, images) in sets."""
-    return {name: rate(ref, x, features(model, x)) for name, x in sets.items()}
+    return {name: rate(ref, pixel_stats(x), features(model, x)) for name, x in sets.items()}
 
 
 def wrong_input_sets(size, ood_dirs=(), n_synthetic=40, ood_limit=400, seed=0):
@@ -209,45 +217,88 @@ def write_examples(bundle, data_root, paths, labels, ok, n=6, seed=0):
     return rows
 
 
-def fit_bundle(bundle, model, data, ood_dirs=(), quantile=0.05, examples=6, ood_limit=400, seed=0,
-               shrinkage=None, command=None, notes="", log=print):
-    """Fit, measure and write the check (and examples) into a written bundle folder.
-
-    `data`: training.train.Prepared (x, y, split, paths relative to data_dir, labels)."""
-    meta_path = os.path.join(bundle, "metadata.json")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = __import__("json").load(f)
+def fit_bundle(bundle, model, data, *, recipe, command=None, log=print):
+    """Fit, measure and write the check (and examples) into a written bundle folder: fitted
+    on the train split, threshold on val, measured on test, synthetic images and the
+    recipe's ood_data. `data`: training.datatypes.Prepared with its images (x)."""
     x, y, split = data.x, np.asarray(data.y), np.asarray(data.split)
-    size = x.shape[1]
     tr, va, te = split == "train", split == "val", split == "test"
     log(f"wrong-input check: features of {tr.sum()} training, {va.sum()} validation, {te.sum()} test images")
     f_tr, f_va, f_te = (features(model, x[m]) for m in (tr, va, te))
-    chosen = shrinkage
-    ref, shrinkage = fit(f_tr, y[tr], x[tr], len(data.labels), meta["task"]["modality"], shrinkage)
-    set_threshold(ref, x[va], f_va, quantile) if va.any() else set_threshold(ref, x[tr], f_tr, quantile)
-    sets = wrong_input_sets(size, ood_dirs, ood_limit=ood_limit, seed=seed)
-    rates = {"val": rate(ref, x[va], f_va), "test": rate(ref, x[te], f_te),
-             "wrong_inputs": measure(ref, model, sets)}
+    s_tr, s_va, s_te = (pixel_stats(x[m]) for m in (tr, va, te))
+    meta = _read_meta(bundle)
+    ref, shrinkage = fit(f_tr, y[tr], s_tr, len(data.labels), meta["task"]["modality"], recipe.wrong_input_shrinkage)
+    set_threshold(ref, s_va, f_va, recipe.wrong_input_quantile) if va.any() else \
+        set_threshold(ref, s_tr, f_tr, recipe.wrong_input_quantile)
+    rates = {"val": rate(ref, s_va, f_va), "test": rate(ref, s_te, f_te)}
+    ok = ~np.any(ref.flags_of(s_te, f_te)[:3], axis=0)
+    return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
+                  f"train split ({int(tr.sum())} images)", command, log)
+
+
+def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, command=None, log=print):
+    """The check of a frozen bundle: the threshold from OUT-OF-FOLD distances (each image's
+    distance to a reference fitted on the folds that did not hold it, for the first fold
+    assignment), so that about `wrong_input_quantile` of new groups are flagged; the
+    reference itself fitted on every image the shipped model was fitted on. `feats` (N, D),
+    `stats` (N, 8): of every image; `folds`: frozen.cross_validate's [(seed, k, test)]."""
+    y, split = np.asarray(data.y), np.asarray(data.split)
+    meta = _read_meta(bundle)
+    modality, n = meta["task"]["modality"], len(data.labels)
+    oof = np.zeros(len(y))
+    first = [test for s, _, test in folds if s == 0]
+    log(f"wrong-input check: out-of-fold distances over {len(first)} folds")
+    for test in first:
+        train = np.setdiff1d(np.arange(len(y)), test)
+        fold_ref, _ = fit(feats[train], y[train], stats[train], n, modality, recipe.wrong_input_shrinkage)
+        oof[test] = fold_ref.distances(feats[test])
+    fit_rows = split == "train"
+    ref, shrinkage = fit(feats[fit_rows], y[fit_rows], stats[fit_rows], n, modality, recipe.wrong_input_shrinkage)
+    set_threshold(ref, stats, feats, recipe.wrong_input_quantile, distances=oof)
+    te = split == "test"
+    rates = {"out_of_fold": rate(ref, stats, feats, distances=oof), "examples": rate(ref, stats[te], feats[te])}
+    ok = ~np.any(ref.flags_of(stats[te], feats[te])[:3], axis=0)
+    return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
+                  f"every image the model was fitted on ({int(fit_rows.sum())}); threshold from out-of-fold "
+                  f"distances of all {len(y)} images (group {len(first)}-fold)", command, log)
+
+
+def _read_meta(bundle):
+    import json
+
+    with open(os.path.join(bundle, "metadata.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fitted_on, command, log):
+    """Measure the wrong inputs, write wrong_input.npz, the examples and the metadata block."""
+    sets = wrong_input_sets(ref_size(model), recipe.ood_dirs(), ood_limit=recipe.ood_limit, seed=recipe.seed)
+    rates["wrong_inputs"] = measure(ref, model, sets)
+    quantile = recipe.wrong_input_quantile
     digest = ref.save(os.path.join(bundle, FILE))
     meta["wrong_input"] = {
         "file": FILE, "sha256": digest, "feature_dim": int(ref.feature_dim),
         "threshold": ref.threshold, "quantile": quantile, "colour_range": list(ref.colour_range),
         "stats_threshold": ref.stats_threshold,
-        "method": METHOD.format(q=quantile, s=shrinkage, how="Ledoit-Wolf" if chosen is None else "chosen"),
-        "fitted_on": f"train split ({int(tr.sum())} images)", "shrinkage": round(shrinkage, 4),
-        "ood_data": list(ood_dirs), "rates": rates,
-    } | ({"command": command} if command else {}) | ({"notes": notes} if notes else {})
-    ok = ~np.any(ref.flags(x[te], f_te)[:3], axis=0)
+        "method": METHOD.format(q=quantile, s=shrinkage,
+                                how="Ledoit-Wolf" if recipe.wrong_input_shrinkage is None else "chosen")
+        + ("; the threshold from out-of-fold distances" if "out_of_fold" in rates else ""),
+        "fitted_on": fitted_on, "shrinkage": round(shrinkage, 4),
+        "ood_data": list(recipe.ood_data), "rates": rates,
+    } | ({"command": command} if command else {}) | ({"notes": recipe.wrong_input_notes}
+                                                     if recipe.wrong_input_notes else {})
     test_paths = [p for p, m in zip(data.paths, te) if m]
-    test_labels = [data.labels[c] for c in y[te]]
-    meta["examples"] = write_examples(bundle, data.data_dir, test_paths, test_labels, ok, examples, seed)
+    test_labels = [data.labels[c] for c in np.asarray(data.y)[te]]
+    meta["examples"] = write_examples(bundle, data.data_dir, test_paths, test_labels, ok, recipe.examples, recipe.seed)
     schema.parse_metadata(meta)
-    write_json(meta_path, meta)
+    write_json(os.path.join(bundle, "metadata.json"), meta)
     from training.card import write
 
     write(bundle)
+    first = rates.get("test") or rates.get("out_of_fold")
     log(f"wrong-input check: threshold {ref.threshold:.2f} (distance), colour range "
-        f"{ref.colour_range[0]:.1f}-{ref.colour_range[1]:.1f}; flagged: test {rates['test']['flagged']:.1%}")
+        f"{ref.colour_range[0]:.1f}-{ref.colour_range[1]:.1f}; flagged: "
+        f"{'test' if 'test' in rates else 'out of fold'} {first['flagged']:.1%}")
     for name, r in rates["wrong_inputs"].items():
         log(f"  {name}: {r['flagged']:.1%} of {r['images']} flagged "
             f"(colour {r['by_colour']:.1%}, pixels {r['by_pixels']:.1%}, features {r['by_features']:.1%})")
@@ -255,82 +306,64 @@ def fit_bundle(bundle, model, data, ood_dirs=(), quantile=0.05, examples=6, ood_
     return meta
 
 
+def ref_size(model):
+    return model.inputs[0].shape[1]
+
+
 # ---------------------------------------------------------------- an existing bundle
 
-def recompute(meta, data_root=None, report=None):
-    """The bundle's data and split (training.train.Prepared), recomputed as its recorded
-    training command made them; SystemExit if the split's fingerprint differs from
-    metadata.json's. `report`: an audit report to reuse (training.audit.run)."""
-    from training import train
+def recompute(bundle, data_root=None, report=None):
+    """(recipe, Prepared): the bundle's data and split, recomputed from its recipe.json as
+    training made them; SplitMismatch if the split's fingerprint differs from metadata.json's.
+    `data_root` replaces the recipe's data folder; `report`: an audit report to reuse."""
+    from training import steps
+    from training.recipe import Recipe
     from training.split import fingerprint
 
-    command = meta.get("training", {}).get("command", "")
-    argv = shlex.split(command)[3:]  # after "python -m training.train"
-    args = train.parse_args(argv)
+    recipe = Recipe.from_bundle(bundle)
     if data_root:
-        args.data = data_root
-    split = meta["split"]
-    if split.get("seed", args.seed) != args.seed or split.get("fractions", {}).get("test", args.test_fraction) \
-            != args.test_fraction:
-        raise SystemExit("metadata.json's split seed/fractions differ from its recorded command; refusing")
-    prepared = train.prepare(args.data, meta["preprocessing"]["input_size"][0], val_fraction=args.val_fraction,
-                             test_fraction=args.test_fraction, seed=args.seed,
-                             keep_published_split=args.keep_published_split,
-                             drop_conflicts=args.drop_conflicts, report=report)
+        recipe = recipe.replace(data=os.path.abspath(data_root))
+    meta = _read_meta(bundle)
+    prepared = steps.prepare_recipe(recipe, report=report)
     found = fingerprint(prepared.rows())
-    if found != split["fingerprint"]:
-        raise SystemExit(f"the split recomputed from {args.data} (fingerprint {found[:12]}...) is not the "
-                         f"bundle's ({split['fingerprint'][:12]}...): different data or settings; refusing "
-                         "to fit the check on another split")
-    return prepared
+    if found != meta["split"]["fingerprint"]:
+        raise SplitMismatch(f"the split recomputed from {recipe.data_dir()} (fingerprint {found[:12]}...) is "
+                            f"not the bundle's ({meta['split']['fingerprint'][:12]}...): different data or "
+                            "settings; refusing to fit the check on another split")
+    return recipe, prepared
 
 
 def main(argv=None):
+    from training import recipe as recipes
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", help="bundle folder (written by training.train)")
-    p.add_argument("--data", help="its data folder (default: the --data of its recorded training command, "
-                   "relative to the project root)")
-    add_arguments(p)
+    p.add_argument("bundle", help="bundle folder (written by training.train, with its recipe.json)")
+    p.add_argument("--data", help="its data folder (default: the recipe's)")
+    recipes.add_arguments(p, recipes.WRONG_INPUT_FIELDS)
     args = p.parse_args(argv)
-    try:
-        meta, _ = verify(args.bundle)
-    except BundleError as e:
-        raise SystemExit(f"refused: {e}")
-    raw = meta.raw
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cwd = os.getcwd()
-    os.chdir(root)  # the recorded command's paths are relative to the project root
-    try:
-        data_root = os.path.abspath(os.path.join(cwd, args.data)) if args.data else None
-        prepared = recompute(raw, data_root)
-    finally:
-        os.chdir(cwd)
-    from lungclf.bundle import load
+    command = "python -m training.wrong_input " + shlex.join(sys.argv[1:] if argv is None else argv)
+    with cli_errors():
+        try:
+            verify(args.bundle)
+        except BundleError as e:
+            raise TrainingError(f"refused: {e}") from None
+        recipe, prepared = recompute(args.bundle, args.data)
+        recipe = recipe.replace(**recipes.overrides(args))
+        from lungclf.bundle import load
 
-    model = load(args.bundle).model
-    fit_bundle(args.bundle, model, prepared, args.ood_data, args.wrong_input_quantile, args.examples,
-               args.ood_limit, raw["split"].get("seed", 0), args.wrong_input_shrinkage,
-               "python -m training.wrong_input " + shlex.join(sys.argv[1:] if argv is None else argv),
-               args.wrong_input_notes)
+        model = load(args.bundle).model
+        if recipe.method == "frozen":
+            from training import frozen, steps
 
+            spec = frozen.Spec.of(steps.configure(recipe)[1])
+            feats, stats = frozen.features(spec, prepared.data_dir, prepared.paths, ["identity"],
+                                           prepared.report["fingerprint"])
+            cv = frozen.cross_validate(feats, prepared.y, prepared.groups, recipe.folds, 1, recipe.C, recipe.seed)
+            return fit_bundle_out_of_fold(args.bundle, model, prepared, recipe, feats[0], stats, cv["folds"],
+                                          command=command)
+        from training import steps
 
-def add_arguments(p):
-    """The options training.train shares: --ood-data, --wrong-input-quantile, --examples, --ood-limit."""
-    p.add_argument("--ood-data", action="append", default=[], metavar="DIR",
-                   help="a folder of images of another kind (e.g. the other modality) to measure the "
-                   "wrong-input check on; repeatable")
-    p.add_argument("--wrong-input-quantile", type=float, default=0.05, metavar="Q",
-                   help="share of the validation split the wrong-input check flags (default 0.05)")
-    p.add_argument("--wrong-input-shrinkage", type=float, metavar="S",
-                   help="shrink the features' covariance this far (0..1) towards a scaled identity "
-                   "(default: Ledoit-Wolf's own estimate); more shrinkage, fewer false warnings on new "
-                   "scans and fewer flags on the same modality")
-    p.add_argument("--wrong-input-notes", default="", metavar="TEXT",
-                   help="a sentence for the card's wrong-input section (how the settings were chosen)")
-    p.add_argument("--examples", type=int, default=6, metavar="N",
-                   help="test-split images copied into BUNDLE/examples/ (default 6; 0: none)")
-    p.add_argument("--ood-limit", type=int, default=400, metavar="N",
-                   help="most images read from each --ood-data folder (seeded sample; default 400)")
+        return steps.fit_wrong_input(args.bundle, model, prepared, recipe, command=command)
 
 
 if __name__ == "__main__":

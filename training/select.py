@@ -1,0 +1,199 @@
+"""Choose a recipe by evidence: group k-fold over candidate recipes, beside the frozen-feature baseline.
+
+    python -m training.select recipes/candidates/chest_ct.toml --out recipes/chest_ct.toml
+    python -m training.select recipes/candidates/chest_ct.toml --only frozen   # the cheap ones
+
+A candidates file is TOML: a `[base]` table (a recipe: data, preset, groups, wrong-input
+settings ...) and one `[[candidate]]` table per candidate, each a `label` and the recipe
+fields it changes. The frozen-feature baseline (training.frozen.BASELINE: whole
+EfficientNet-Lite0 at 224 px, identity view, logistic regression C 0.1) is always added.
+
+Every candidate is scored on the same folds: `folds` x `fold_seeds` group k-fold (at least
+5 x 2) over all images, the audit's groups never split. Per candidate it prints the mean
+macro-F1 over the held-out folds with their spread, the pooled out-of-fold macro-F1 with
+its 95% group-bootstrap interval, the paired difference to the baseline with its interval,
+and what it cost. The winner (highest pooled out-of-fold macro-F1) is written as a recipe
+file with a note saying how it was chosen; every candidate's fold figures go to --json.
+
+Cost on 2 cores: a frozen candidate's features are computed once per view (cached, see
+training/frozen.py), then its head fits in about a second a fold; a finetune candidate
+trains a network per fold (minutes to half an hour each), so its finished folds are
+saved in --state and a rerun resumes where it stopped.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import time
+import tomllib
+
+import numpy as np
+
+from training import frozen, steps
+from training.errors import RecipeError, TrainingError, cli_errors
+from training.recipe import Recipe
+
+BASELINE_LABEL = "baseline: frozen Lite0, logistic regression"
+
+
+def read_candidates(path):
+    """(base recipe, [(label, recipe)]) from a candidates file; the baseline first."""
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"no such candidates file: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    base = Recipe.from_dict(spec.get("base", {}), f"{path} [base]")
+    base = base.replace(folds=max(base.folds, 5), fold_seeds=max(base.fold_seeds, 2))
+    b = frozen.BASELINE
+    out = [(BASELINE_LABEL, base.replace(method="frozen", arch=b.arch, weights=b.weights, image_size=b.image_size,
+                                         blocks=None, train_blocks=None, views=["identity"], C=frozen.BASELINE_C))]
+    for i, c in enumerate(spec.get("candidate", [])):
+        c = dict(c)
+        label = c.pop("label", f"candidate {i + 1}")
+        out.append((label, Recipe.from_dict(base.to_dict() | c, f"{path} candidate {label!r}")))
+    return base, out
+
+
+def score(recipe, prepared, state, log=print):
+    """{"logits": (seeds, N, K) out-of-fold, "fold_f1": [...], "folds": [...], "seconds"} of one candidate."""
+    t0 = time.time()
+    _, config = steps.configure(recipe, verbose=0)
+    y, groups = np.asarray(prepared.y), list(prepared.groups)
+    if recipe.method == "frozen":
+        feats, _ = frozen.features(frozen.Spec.of(config), prepared.data_dir, prepared.paths, recipe.views,
+                                   prepared.report["fingerprint"], log=log)
+        cv = frozen.cross_validate(feats, y, groups, recipe.folds, recipe.fold_seeds, recipe.C, recipe.seed)
+    else:
+        cv = finetune_folds(recipe, config, prepared, state, log)
+    cv["seconds"] = round(time.time() - t0, 1)
+    return cv
+
+
+def finetune_folds(recipe, config, prepared, state, log):
+    """Train `recipe` once per fold (val carved from the training folds for early stopping);
+    finished folds are kept in `state` (a dict saved after each fold) and not redone."""
+    from lungclf.inference import predict_logits
+    from training.data import Item, load_images
+    from training.split import group_folds
+
+    key = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    done = state.setdefault(key, {})
+    y, groups = np.asarray(prepared.y), np.asarray(prepared.groups)
+    x = None
+    logits = np.zeros((recipe.fold_seeds, len(y), len(prepared.labels)), np.float32)
+    f1s, where = [], []
+    from sklearn.metrics import f1_score
+
+    for s in range(recipe.fold_seeds):
+        for k, (train, test) in enumerate(group_folds(y, groups, recipe.folds, recipe.seed + s)):
+            name = f"{s}/{k}"
+            if name not in done:
+                if x is None:
+                    items = [Item(p, prepared.labels[c]) for p, c in zip(prepared.paths, y)]
+                    x = load_images(prepared.data_dir, items, config.image_size, progress=False)[0]
+                    prepared = steps.dataclasses.replace(prepared, x=x)
+                log(f"  finetune fold {name} of {recipe.fold_seeds}x{recipe.folds} ...")
+                fold = steps.fold(prepared, k, recipe.folds, recipe.val_fraction, recipe.seed + s)
+                model, _ = steps.fit(fold, config)
+                done[name] = predict_logits(model, x[test]).tolist()
+                state["_save"]()
+            logits[s, test] = np.asarray(done[name], np.float32)
+            f1s.append(float(f1_score(y[test], logits[s, test].argmax(1), labels=np.arange(logits.shape[-1]),
+                                      average="macro", zero_division=0)))
+            where.append((s, k, test))
+    return {"logits": logits, "fold_f1": f1s, "folds": where}
+
+
+def select(path, out=None, json_path=None, state_path=None, only=None, log=print):
+    """Score every candidate of the file at `path`; write the winner to `out` -> rows."""
+    base, candidates = read_candidates(path)
+    if only:
+        candidates = [c for c in candidates if c[0] == BASELINE_LABEL or c[1].method == only]
+    prepared = steps.prepare_recipe(base.replace(method="frozen", weights=base.weights or "efficientnet-lite0",
+                                                 examples=0), decode=False)
+    state = {}
+    if state_path and os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+
+    def save():
+        if state_path:
+            with open(state_path, "w") as f:
+                json.dump({k: v for k, v in state.items() if not k.startswith("_")}, f)
+
+    state["_save"] = save
+    y, groups = np.asarray(prepared.y), list(prepared.groups)
+    log(f"{len(y)} images in {len(set(groups))} groups; {base.folds}-fold by group x {base.fold_seeds} seeds; "
+        f"{len(candidates)} candidates")
+    results = {}
+    for label, recipe in candidates:
+        log(f"--- {label}")
+        results[label] = score(recipe, prepared, state, log)
+    base_cv = results[BASELINE_LABEL]
+    rows = []
+    for label, recipe in candidates:
+        s = frozen.summary(y, groups, results[label], base_cv)
+        _, config = steps.configure(recipe, verbose=0)
+        rows.append({"label": label, "method": recipe.method, "recipe": recipe.to_dict(),
+                     "network": frozen.Spec.of(config).text() if recipe.weights else config.arch,
+                     "seconds": results[label]["seconds"]} | s)
+    rows.sort(key=lambda r: -r["pooled_macro_f1"])
+    log("\n" + table(rows))
+    winner = rows[0]
+    if out:
+        write_winner(winner, rows, base, out, path)
+        log(f"\nwinner: {winner['label']} -> {out}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"candidates_file": path, "images": len(y), "groups": len(set(groups)),
+                       "folds": base.folds, "seeds": base.fold_seeds, "rows": rows}, f, indent=1)
+    return rows
+
+
+def table(rows):
+    out = ["| candidate | method | macro-F1 pooled OOF (95%) | folds mean ± sd | minus baseline (95%) | cost s |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lo, hi = r["interval95"]
+        d = r["minus_baseline"]
+        out.append(f"| {r['label']} | {r['method']} | {r['pooled_macro_f1']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                   f"{r['mean']:.3f} ± {r['std']:.3f} ({r['folds']}) | {d['mean']:+.3f} "
+                   f"({d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f}) | {r['seconds']:.0f} |")
+    return "\n".join(out)
+
+
+def write_winner(winner, rows, base, out, path):
+    lo, hi = winner["interval95"]
+    note = (f"Chosen by python -m training.select {path}: {len(rows)} candidates, group "
+            f"{base.folds}-fold x {base.fold_seeds} seeds; this one scored pooled out-of-fold macro-F1 "
+            f"{winner['pooled_macro_f1']:.3f} (95% {lo:.3f}-{hi:.3f}), the frozen-feature baseline "
+            f"{winner['baseline']['pooled_macro_f1']:.3f}; runners-up: "
+            + "; ".join(f"{r['label']} {r['pooled_macro_f1']:.3f}" for r in rows[1:4]) + ".")
+    recipe = Recipe.from_dict(winner["recipe"]).replace(notes=note)
+    if recipe.method == "finetune" and recipe.folds:
+        recipe = recipe.replace(folds=0)  # the estimate is the selection's; the bundle trains once
+    with open(out, "w") as f:
+        f.write(recipe.to_toml(f"{winner['label']}\nWritten by python -m training.select {path}; edit freely."))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("candidates", help="a candidates file (TOML: [base] and [[candidate]] tables)")
+    p.add_argument("--out", help="write the winner here as a recipe file")
+    p.add_argument("--json", help="write every candidate's fold figures here")
+    p.add_argument("--state", help="keep finished finetune folds here and resume from it")
+    p.add_argument("--only", choices=["frozen", "finetune"], help="score only candidates of this method")
+    args = p.parse_args(argv)
+    with cli_errors():
+        rows = select(args.candidates, args.out, args.json, args.state, args.only)
+        if not rows:
+            raise TrainingError("no candidates")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
