@@ -70,7 +70,7 @@ def _cv_text(cv):
     if not cv:
         return ""
     rows = [f"| {m.replace('_', ' ')} | {v['mean']:.4f} | {v['std']:.4f} | {', '.join(f'{x:.3f}' for x in v['folds'])} |"
-            for m, v in cv.items() if isinstance(v, dict) and "folds" in v and "mean" in v]
+            for m, v in cv.items() if isinstance(v, dict) and isinstance(v.get("folds"), list)]
     seeds = f" x {cv['seeds']} fold assignments" if cv.get("seeds", 1) > 1 else ""
     return "\n".join([f"Cross-validation by group, {cv['folds']} folds{seeds} (seed {cv['seed']}): each fold's "
                       "groups were held out of its training.", "", "| metric | mean | std | per fold |",

@@ -12,8 +12,10 @@ Every candidate is scored on the same folds: `folds` x `fold_seeds` group k-fold
 5 x 2) over all images, the audit's groups never split. Per candidate it prints the mean
 macro-F1 over the held-out folds with their spread, the pooled out-of-fold macro-F1 with
 its 95% group-bootstrap interval, the paired difference to the baseline with its interval,
-and what it cost. The winner (highest pooled out-of-fold macro-F1) is written as a recipe
-file with a note saying how it was chosen; every candidate's fold figures go to --json.
+and what it cost. The winner is the best candidate (pooled out-of-fold macro-F1) among those
+above the baseline by more than the 95% interval of the paired difference, or the baseline
+itself when none is; it is written as a recipe file with a note saying how it was chosen,
+and every candidate's fold figures go to --json.
 
 Cost on 2 cores: a frozen candidate's features are computed once per view (cached, see
 training/frozen.py), then its head fits in about a second a fold; a finetune candidate
@@ -143,7 +145,7 @@ def select(path, out=None, json_path=None, state_path=None, only=None, log=print
                      "seconds": results[label]["seconds"]} | s)
     rows.sort(key=lambda r: -r["pooled_macro_f1"])
     log("\n" + table(rows))
-    winner = rows[0]
+    winner = choose(rows)
     if out:
         write_winner(winner, rows, base, out, path)
         log(f"\nwinner: {winner['label']} -> {out}")
@@ -152,6 +154,14 @@ def select(path, out=None, json_path=None, state_path=None, only=None, log=print
             json.dump({"candidates_file": path, "images": len(y), "groups": len(set(groups)),
                        "folds": base.folds, "seeds": base.fold_seeds, "rows": rows}, f, indent=1)
     return rows
+
+
+def choose(rows):
+    """The best candidate (pooled out-of-fold macro-F1) among those above the baseline by more
+    than the interval of the paired difference; the baseline itself when none is: a
+    candidate that cannot show it beats the cheapest model does not earn its cost."""
+    clear = [r for r in rows if r["label"] != BASELINE_LABEL and r["minus_baseline"]["interval95"][0] > 0]
+    return clear[0] if clear else next(r for r in rows if r["label"] == BASELINE_LABEL)
 
 
 def table(rows):
@@ -168,11 +178,16 @@ def table(rows):
 
 def write_winner(winner, rows, base, out, path):
     lo, hi = winner["interval95"]
+    rule = ("the best of those above the frozen-feature baseline by more than the 95% interval of "
+            "the paired difference" if winner["label"] != BASELINE_LABEL else
+            "no candidate was above the frozen-feature baseline by more than the 95% interval of the "
+            "paired difference, so the baseline itself")
+    others = [r for r in rows if r is not winner][:4]
     note = (f"Chosen by python -m training.select {path}: {len(rows)} candidates, group "
-            f"{base.folds}-fold x {base.fold_seeds} seeds; this one scored pooled out-of-fold macro-F1 "
-            f"{winner['pooled_macro_f1']:.3f} (95% {lo:.3f}-{hi:.3f}), the frozen-feature baseline "
-            f"{winner['baseline']['pooled_macro_f1']:.3f}; runners-up: "
-            + "; ".join(f"{r['label']} {r['pooled_macro_f1']:.3f}" for r in rows[1:4]) + ".")
+            f"{base.folds}-fold x {base.fold_seeds} seeds; {rule}. It scored pooled out-of-fold macro-F1 "
+            f"{winner['pooled_macro_f1']:.3f} (95% {lo:.3f}-{hi:.3f}); others: "
+            + "; ".join(f"{r['label']} {r['pooled_macro_f1']:.3f} ({r['minus_baseline']['mean']:+.3f} vs "
+                        f"baseline folds)" for r in others) + ".")
     recipe = Recipe.from_dict(winner["recipe"]).replace(notes=note)
     if recipe.method == "finetune" and recipe.folds:
         recipe = recipe.replace(folds=0)  # the estimate is the selection's; the bundle trains once

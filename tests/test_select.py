@@ -1,0 +1,130 @@
+"""Choosing a recipe by evidence (training/select.py) and the out-of-fold wrong-input threshold."""
+
+import numpy as np
+import pytest
+
+from training.recipe import Recipe
+
+
+def test_the_interval_is_over_groups_and_the_difference_is_paired():
+    """Three rows per group, answered alike: resampling groups gives a wider interval than
+    treating the rows as independent; and a prediction set worse on two groups only is
+    worse (or equal) on every paired resample."""
+    from training.frozen import bootstrap_f1
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 3)
+    y = np.repeat(rng.integers(0, 2, 40), 3)
+    good = y.copy()
+    good[groups % 7 == 0] = 1 - good[groups % 7 == 0]  # some groups answered wrongly
+    worse = good.copy()
+    worse[np.isin(groups, [5, 6])] = 1 - y[np.isin(groups, [5, 6])]
+    boot = bootstrap_f1(y, [good, worse], groups, reps=300)
+    rows = bootstrap_f1(y, [good], np.arange(len(y)), reps=300)
+    assert np.ptp(np.percentile(boot[:, 0], [2.5, 97.5])) > 1.3 * np.ptp(np.percentile(rows[:, 0], [2.5, 97.5]))
+    assert (boot[:, 0] - boot[:, 1]).min() >= 0
+
+
+def test_the_folded_head_gives_the_logistic_regressions_logits():
+    """fit_head folds the standardisation into the Dense kernel and bias: features @ W + b
+    ranks the classes as scikit-learn's pipeline does."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from training.frozen import fit_head
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    f = rng.normal(0, 1, (90, 16)) * rng.uniform(0.1, 10, 16) + y[:, None] * rng.normal(0, 1, 16) + 5
+    W, b = fit_head(f[None], y, np.arange(90), C=0.5)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000, class_weight="balanced"))
+    ref.fit(f, y)
+    np.testing.assert_allclose(f @ W + b, ref.decision_function(f), rtol=1e-3, atol=1e-3)
+
+
+def test_the_threshold_comes_from_out_of_fold_distances_not_in_sample_ones():
+    """In-sample distances are small (the reference saw those images); new groups lie
+    further out. Set from out-of-fold distances, the limit flags about 5% of new images;
+    set from in-sample ones it would flag far more."""
+    from training.wrong_input import fit, set_threshold
+
+    rng = np.random.default_rng(2)
+    n, d = 200, 32
+    y = rng.integers(0, 2, n)
+    feats = rng.normal(0, 1, (n, d)) + y[:, None]
+    stats = np.tile(np.array([120, 110, 130, 30, 28, 32, 15, 9.0]), (n, 1)) + rng.normal(0, 1, (n, 8))
+    ref, _ = fit(feats, y, stats, 2)
+    in_sample = ref.distances(feats)
+    oof = in_sample * 1.6  # what images the reference did not see look like
+    set_threshold(ref, stats, feats, 0.05, distances=oof)
+    new = rng.normal(0, 1, (n, d)) + y[:, None]
+    assert (oof > ref.threshold).mean() <= 0.05
+    assert ref.threshold > in_sample.max()
+    set_threshold(ref, stats, feats, 0.05)
+    assert ref.threshold < np.quantile(oof, 0.95)  # in-sample: a lower limit, more false warnings
+    assert new.shape == feats.shape
+
+
+def sides_dataset(root, per_class=16):
+    """Two classes that differ only in which side is red: a mirrored image is the other class."""
+    import os
+
+    from tests.helpers import halves
+
+    for label, (left, right) in {"red_left": ("red", "blue"), "red_right": ("blue", "red")}.items():
+        os.makedirs(os.path.join(root, label))
+        for i in range(per_class):
+            halves(left, right, seed=100 * len(label) + i).save(os.path.join(root, label, f"{i}.png"))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_the_selection_picks_the_better_of_two_recipes(tmp_path):
+    """On made-up images whose class is which side is red, mirrored copies as extra training
+    rows (views identity + flip_lr) teach the head that both sides are one class; the
+    selection scores both candidates beside the baseline on the same folds and writes the
+    better (images as they are) as a recipe file."""
+    from training.select import BASELINE_LABEL, choose, select
+
+    data = sides_dataset(str(tmp_path / "data"))
+    candidates = tmp_path / "candidates.toml"
+    candidates.write_text(f"""
+[base]
+data = "{data}"
+method = "frozen"
+arch = "lite0"
+weights = "efficientnet-lite0"
+image_size = 64
+blocks = 5
+folds = 3
+fold_seeds = 2
+
+[[candidate]]
+label = "as they are"
+
+[[candidate]]
+label = "mirrored rows too"
+views = ["identity", "flip_lr"]
+""")
+    out = tmp_path / "winner.toml"
+    rows = select(str(candidates), str(out), log=lambda *a: None)
+    by = {r["label"]: r for r in rows}
+    assert set(by) == {"as they are", "mirrored rows too", BASELINE_LABEL}
+    assert by["as they are"]["pooled_macro_f1"] > by["mirrored rows too"]["pooled_macro_f1"] + 0.2
+    assert all(r["folds"] == 10 for r in rows)  # never fewer than 5 folds x 2 seeds
+    winner = Recipe.from_file(str(out))
+    assert winner.views == ["identity"] and "training.select" in winner.notes
+    assert winner.replace(notes="") == Recipe.from_dict(choose(rows)["recipe"]).replace(notes="")
+
+
+def test_a_candidate_wins_only_when_it_beats_the_baseline_by_more_than_the_interval():
+    from training.select import BASELINE_LABEL, choose
+
+    def row(label, f1, lo):
+        return {"label": label, "pooled_macro_f1": f1, "minus_baseline": {"interval95": [lo, lo + 0.1]}}
+
+    base = row(BASELINE_LABEL, 0.80, 0.0)
+    assert choose([row("a", 0.83, -0.01), base, row("b", 0.79, 0.001)])["label"] == "b"
+    assert choose([row("a", 0.83, -0.01), base])["label"] == BASELINE_LABEL
