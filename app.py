@@ -91,27 +91,38 @@ def tta_text(meta):
     return f"Test-time augmentation is on ({len(meta.tta.views)} views averaged){figure}.\n\n"
 
 
+def held_out_text(m, split_text):
+    """The model's figure on groups it never saw: cross-validated (frozen recipes) or one test split."""
+    test = m.metrics.test
+    e = (m.raw.get("cross_validation") or {}).get("estimate")
+    if e:
+        lo, hi = e["interval95"]
+        return (f"Cross-validated by group ({e['folds']} held-out folds, every image answered by a model "
+                f"that never saw its scan or tile): macro-F1 **{test.macro_f1:.3f}** (95% {lo:.3f}-{hi:.3f}), "
+                f"accuracy **{test.accuracy:.3f}** on {test.images} images.")
+    return (f"Held-out test (groups never seen in training): accuracy **{test.accuracy:.3f}**, "
+            f"macro-F1 **{test.macro_f1:.3f}** on {test.images} images. Split ({m.split.name}): {split_text}.")
+
+
 def summary(bundle):
     """Markdown with what the user should know about a model: data, classes, held-out figures."""
     m = bundle.meta
-    test = m.metrics.test
     split_text = ", ".join(f"{s} {c.images} images / {c.groups} groups" for s, c in m.split.counts.items())
     classes = ", ".join(label_text(lab, bundle.names) for lab in bundle.labels)
     warnings = "".join(f"\n- {w}" for w in m.audit.warnings)
     return (f"### {bundle.name}\n"
             f"**{m.task.modality}** images, trained on {m.data.dataset_name}. "
             f"Classes: {classes}.\n\n"
-            f"Held-out test (groups never seen in training): accuracy **{test.accuracy:.3f}**, "
-            f"macro-F1 **{test.macro_f1:.3f}** on {test.images} images. "
-            f"Split ({m.split.name}): {split_text}.\n\n"
+            f"{held_out_text(m, split_text)}\n\n"
             f"{tta_text(m)}"
             f"Input {bundle.input_size}x{bundle.input_size}, {m.model.architecture} network, "
             f"{m.model.parameters:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
 
 
 def example_rows(bundles):
-    """[image, model name] for each image in a served bundle's examples/ folder. Examples
-    travel with the model repo; this repo ships none."""
+    """[image, model name] for each image in a served bundle's examples/ folder (each
+    committed bundle carries up to 6 from groups its model never saw; they travel with it
+    to a Hub model repo)."""
     rows = []
     for name, served in bundles.items():
         folder = os.path.join(served.bundle.folder, "examples")

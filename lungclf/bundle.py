@@ -7,6 +7,7 @@
                     library versions, sha256 of model.keras
     wrong_input.npz optional: the wrong-input check's reference arrays (lungclf.wrong_input),
                     read with allow_pickle=False after its sha256 is checked
+    recipe.json     optional: the resolved training recipe (training/recipe.py), sha256 checked
     README.md       the model card (training.card)
     figures/        confusion matrix, training curves, reliability diagram
     examples/       optional: a few images from the bundle's own held-out test split
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from lungclf import import_keras, schema
 FILES = ("model.keras", "classes.json", "metadata.json", "README.md")
-ALLOW_PATTERNS = ["model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz",
+ALLOW_PATTERNS = ["model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz", "recipe.json",
                   "figures/*", "examples/*"]
 
 log = logging.getLogger("bundle")
@@ -198,6 +199,13 @@ def verify(folder, spec=None):
         if actual != w.sha256:
             raise BundleError(f"{spec}: sha256 of {w.file} does not match metadata.json (expected "
                               f"{w.sha256[:12]}..., got {actual[:12]}...); refusing to load it")
+    r = meta.recipe
+    if r is not None:
+        path = os.path.join(folder, r.file)
+        if not os.path.isfile(path):
+            raise BundleError(f"{spec}: metadata.json names a recipe {r.file}, which is missing")
+        if sha256(path) != r.sha256:
+            raise BundleError(f"{spec}: sha256 of {r.file} does not match metadata.json; refusing to load it")
     return meta, classes
 
 

@@ -17,7 +17,10 @@ Versions (the `schema` field):
                                optional `wrong_input` block (WrongInput: the reference
                                file's name, sha256, feature dimension, threshold, quantile,
                                colour range, measured rates; see lungclf/wrong_input.py)
-                               and optional `examples` (files in examples/, for the card)
+                               and optional `examples` (files in examples/, for the card);
+                               optional `recipe` (RecipeFile: recipe.json, the resolved
+                               training recipe, checked by sha256), `baseline` and
+                               `cross_validation` (figures for the card)
 A /1 file is read as /2 by `migrate`: the one preprocessing /1 could describe is /2's
 defaults. `python -m lungclf.bundle --upgrade FOLDER` rewrites a /1 metadata.json as /2.
 """
@@ -150,6 +153,15 @@ class WrongInput:
 
 
 @dataclass(frozen=True)
+class RecipeFile:
+    """The resolved training recipe (training/recipe.py) the bundle was made with, as JSON."""
+
+    sha256: str  # of `file`
+    method: Literal["finetune", "frozen"] = "finetune"  # frozen: figures are group k-fold, out of fold
+    file: Literal["recipe.json"] = "recipe.json"
+
+
+@dataclass(frozen=True)
 class Metadata:
     schema: Literal["lung-classifier-bundle/2"]
     name: str
@@ -165,6 +177,7 @@ class Metadata:
     audit: Audit = Audit()
     description: str = ""
     wrong_input: WrongInput | None = None
+    recipe: RecipeFile | None = None  # bundles made before recipes have none
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -293,6 +306,8 @@ def parse_metadata(meta):
         _require(0 < w.quantile < 1, "wrong_input.quantile", "a number in (0, 1)", w.quantile)
         _require(0 <= w.colour_range[0] <= w.colour_range[1], "wrong_input.colour_range",
                  "[low, high] with 0 <= low <= high", list(w.colour_range))
+    if m.recipe is not None:
+        _require(re.fullmatch(r"[0-9a-f]{64}", m.recipe.sha256), "recipe.sha256", "64 hex digits", m.recipe.sha256)
     _require("test" in m.split.counts, "split.counts", "an object with a 'test' entry", list(m.split.counts))
     for name in ("accuracy", "macro_f1"):
         v = getattr(m.metrics.test, name)

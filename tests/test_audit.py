@@ -306,3 +306,11 @@ def test_a_zoomed_in_copy_is_its_originals_first_keypoint_candidate(tmp_path):
     assert firsts[12] == 0
     inliers, agreement = audit.near_copy(described[0], described[12])
     assert inliers >= audit.MIN_INLIERS and agreement >= audit.MIN_DETAIL_AGREEMENT
+
+
+def test_a_group_file_with_path_and_one_other_column_groups_by_that_column(tmp_path):
+    """LC25000's published clusters come as path,tile_group: read as they are, no copy needed."""
+    groups_file = tmp_path / "tiles.csv"
+    groups_file.write_text("path,tile_group\na/1.png,t1\na/2.png,t1\nb/3.png,t2\n")
+    groups, info = audit.read_group_file(str(groups_file), {"a/1.png", "a/2.png", "b/3.png"})
+    assert sorted(groups) == [["a/1.png", "a/2.png"], ["b/3.png"]] and info["groups"] == 2

@@ -138,8 +138,10 @@ def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published
     files = set(api.list_repo_files("lab/tiny", revision="v1"))
     assert {"model.keras", "classes.json", "metadata.json", "README.md"} <= files
     assert "wrong_input.npz" in files  # the wrong-input check travels with the model
+    assert "recipe.json" in files  # and the recipe that made it
     assert {f for f in files if not f.startswith("examples/")} <= {
         ".gitattributes", "model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz",
+        "recipe.json",
         "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"}
     card = ModelCard.load(api.hf_hub_download("lab/tiny", "README.md", revision="v1"))
     assert 'snapshot_download("lab/tiny", revision="v1")' in card.text

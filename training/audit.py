@@ -146,6 +146,7 @@ def _thumb_edges(described, candidates):
 
 def read_group_file(path, known):
     """A CSV `path,group` -> (groups: lists of paths found in `known`, info for the report).
+    A header of `path` and one other column (e.g. `path,tile_group`) names the group by that column.
 
     Paths are relative to the data folder; `known` is the set of scanned paths. Rows with an
     empty group are skipped; paths not in `known` are counted and reported, not fatal.
@@ -159,13 +160,18 @@ def read_group_file(path, known):
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"--groups {path}: cannot read it ({e})") from None
     reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames or not {"path", "group"} <= {c.strip() for c in reader.fieldnames}:
+    columns = [c.strip() for c in reader.fieldnames or []]
+    # 'path,group', or 'path' and one other column naming the group (e.g. LC25000's path,tile_group)
+    column = "group" if "group" in columns else (columns[1 - columns.index("path")]
+                                                 if "path" in columns and len(columns) == 2 else None)
+    if column is None or "path" not in columns:
         raise DataError(f"--groups {path}: expected a CSV with the header 'path,group', "
                         f"got {','.join(reader.fieldnames or []) or 'an empty file'!r}")
     members, unknown, rows = {}, [], 0
     for row in reader:
+        row = {(k or "").strip(): v for k, v in row.items()}
         rel = posixpath.normpath((row.get("path") or "").strip().replace("\\", "/"))
-        group = (row.get("group") or "").strip()
+        group = (row.get(column) or "").strip()
         if not group or rel == ".":
             continue
         rows += 1

@@ -22,7 +22,9 @@ TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def card_data(meta):
     test = meta["metrics"]["test"]
     data = meta["data"]
-    split_name = meta["split"]["name"]
+    cv = (meta.get("cross_validation") or {}).get("estimate")
+    split_name = (f"group {meta['cross_validation']['folds']}-fold cross-validation, out of fold" if cv
+                  else meta["split"]["name"])
     results = [
         EvalResult(task_type="image-classification", dataset_type=data["dataset_id"],
                    dataset_name=data["dataset_name"], dataset_split=split_name,
@@ -88,13 +90,25 @@ def _headline(meta):
             "The figures below pool every image's out-of-fold prediction (each answered by a model "
             "fitted without its group); the shipped model was then fitted on every group but those of "
             "its examples.")
-    if e.get("baseline"):
+    if e.get("is_baseline"):
+        text += (" This recipe is the frozen-feature baseline itself (ImageNet EfficientNet-Lite0 at 224 px, "
+                 "logistic regression): no candidate tried beat it by more than the interval.")
+    elif e.get("baseline"):
         b, d = e["baseline"], e["minus_baseline"]
         text += (f" The frozen-feature baseline (ImageNet EfficientNet-Lite0 at 224 px, logistic "
                  f"regression) scores {b['pooled_macro_f1']:.3f} (95% {b['interval95'][0]:.3f}-"
                  f"{b['interval95'][1]:.3f}) on the same folds: difference {d['mean']:+.3f} "
                  f"(95% {d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f}).")
     return text
+
+
+def _split_rows(meta):
+    """The split table's rows; for a cross-validated bundle, what the shipped model was fitted on."""
+    counts = meta["split"]["counts"]
+    if not (meta.get("cross_validation") or {}).get("estimate"):
+        return [{"split": s, **v} for s, v in counts.items()]
+    names = {"train": "fitted on (the shipped model)", "test": "held out (its examples)"}
+    return [{"split": names.get(s, s), **v} for s, v in counts.items() if v["images"]]
 
 
 def _baseline_text(meta):
@@ -215,7 +229,7 @@ def render(meta, classes, repo_id=None, revision=None):
         summary=meta.get("description", ""),
         split_name=split["name"],
         seed=split["seed"],
-        split_rows=[{"split": s, **v} for s, v in split["counts"].items()],
+        split_rows=_split_rows(meta),
         metric_rows=[("accuracy", f"{test['accuracy']:.4f}"), ("macro F1", f"{test['macro_f1']:.4f}"),
                      ("balanced accuracy", f"{test['balanced_accuracy']:.4f}"),
                      ("expected calibration error", f"{test.get('ece', float('nan')):.4f}")],
@@ -250,7 +264,9 @@ def render(meta, classes, repo_id=None, revision=None):
         license=LICENCES.get(meta["data"].get("license", "other"), meta["data"].get("license")),
         train_minutes=f"{meta['training']['seconds'] / 60:.1f}",
         hardware=meta["training"]["hardware"],
-        command=meta["training"]["command"],
+        command=(f"python -m training.train --recipe recipes/{meta['name']}.toml   # or this bundle's "
+                 "recipe.json\n# as run: " + meta["training"]["command"]) if meta.get("recipe")
+        else meta["training"]["command"],
         dataset_name=meta["data"]["dataset_name"],
         citation=meta["data"]["citation"] or "Cite the data set you trained on.",
         repo_id=repo_id or "OWNER/NAME",

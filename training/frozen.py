@@ -231,13 +231,17 @@ def describe(s):
 
 def hold_out_examples(prepared, n, seed=0):
     """`prepared` with the groups of up to n example images (round-robin over classes,
-    seeded) marked "test" and every other image "train": the shipped model is fitted on all
-    but these, so the examples in the bundle are images it never saw."""
+    seeded, from the smallest groups, so that few images leave the fit) marked "test" and
+    every other image "train": the shipped model is fitted on all but these, so the
+    examples in the bundle are images it never saw."""
+    import collections
     import dataclasses
 
     rng = np.random.default_rng(seed)
     y, groups = np.asarray(prepared.y), np.asarray(prepared.groups)
-    by_class = {c: [int(i) for i in rng.permutation(np.flatnonzero(y == c))] for c in np.unique(y)}
+    size = collections.Counter(groups.tolist())
+    by_class = {c: sorted((int(i) for i in rng.permutation(np.flatnonzero(y == c))), key=lambda i: size[groups[i]])
+                for c in np.unique(y)}
     held, picked = set(), 0
     while picked < n and any(by_class.values()):
         for c in sorted(by_class):
@@ -275,7 +279,7 @@ def train(recipe, out, prepared, pre, config, command=""):
     else:
         base_feats, _ = features(base_spec, prepared.data_dir, prepared.paths, ["identity"], data_key)
         base_cv = cross_validate(base_feats, y, groups, recipe.folds, recipe.fold_seeds, BASELINE_C, recipe.seed)
-    estimate = summary(y, groups, cv, base_cv)
+    estimate = summary(y, groups, cv, base_cv) | ({"is_baseline": True} if base_cv is cv else {})
     steps.print_against_baseline(estimate, None)
 
     oof = cv["logits"][0]

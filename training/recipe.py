@@ -291,10 +291,12 @@ def add_arguments(parser, names=None):
             group.add_argument(flag, type=base, **kw)
 
 
-def overrides(args):
-    """{field: value} of the recipe flags given on the command line; paths are made what a
-    recipe stores (data and ood_data relative to the repository, groups to the data folder)."""
-    given = {f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)}
+def overrides(args, names=None):
+    """{field: value} of the recipe flags given on the command line (`names`: only these, as
+    add_arguments was given them); paths are made what a recipe stores (data and ood_data
+    relative to the repository; groups stays a path from here, see with_groups_path)."""
+    given = {f.name: getattr(args, f.name) for f in fields(Recipe)
+             if hasattr(args, f.name) and (names is None or f.name in names)}
     if "data" in given:
         given["data"] = repo_path(given["data"])
     if "ood_data" in given:

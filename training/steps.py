@@ -313,6 +313,9 @@ def print_against_baseline(result, baseline):
 
         b, d = result["baseline"], result["minus_baseline"]
         print(f"this recipe:              {describe(result)}")
+        if result.get("is_baseline"):
+            print("this recipe is the frozen-feature baseline itself")
+            return
         print(f"frozen-feature baseline:  macro-F1 {b['pooled_macro_f1']:.3f} pooled out-of-fold "
               f"(95% {b['interval95'][0]:.3f}-{b['interval95'][1]:.3f}); folds {b['mean']:.3f} +- {b['std']:.3f}")
         print(f"difference:               {d['mean']:+.3f} (95% {d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f})"
@@ -381,7 +384,7 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
     name = recipe.name or os.path.basename(os.path.normpath(out))
     recipe_path = os.path.join(out, RECIPE_FILE)
     write_json(recipe_path, recipe.to_dict())
-    kind = ("a logistic regression on the frozen pooled features of" if recipe.method == "frozen"
+    kind = ("a logistic regression on the frozen pooled features of a" if recipe.method == "frozen"
             else "a fine-tuned" if config.weights else "a")
     tta = {"views": pre["tta_views"]} | ({"temperature": results.tta_temperature}
                                          if results.tta_temperature is not None else {})

@@ -178,8 +178,16 @@ def wrong_input_sets(size, ood_dirs=(), n_synthetic=40, ood_limit=400, seed=0):
     """{name: images}: the synthetic kinds and every --ood-data folder."""
     sets = {f"{k} (synthetic)": synthetic(k, n_synthetic, size, seed) for k in SYNTHETIC}
     for d in ood_dirs:
-        sets[f"{os.path.basename(os.path.normpath(d))} ({d})"] = folder_images(d, size, ood_limit, seed)
+        shown = repo_path(os.path.normpath(d))  # relative to the repository when inside or beside it
+        sets[f"{os.path.basename(os.path.normpath(d))} ({shown})"] = folder_images(d, size, ood_limit, seed)
     return sets
+
+
+def repo_path(path):
+    from training.recipe import ROOT
+
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return rel if not rel.startswith("../../") else os.path.abspath(path)
 
 
 # ---------------------------------------------------------------- examples
@@ -348,7 +356,7 @@ def main(argv=None):
         except BundleError as e:
             raise TrainingError(f"refused: {e}") from None
         recipe, prepared = recompute(args.bundle, args.data)
-        recipe = recipe.replace(**recipes.overrides(args))
+        recipe = recipe.replace(**recipes.overrides(args, recipes.WRONG_INPUT_FIELDS))
         from lungclf.bundle import load
 
         model = load(args.bundle).model
@@ -367,4 +375,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
