@@ -24,14 +24,13 @@ Run options (not part of the recipe, they do not change the model): --out, --dry
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
 import sys
 import time
 
-from training import presets, recipe as recipes, tracking
+from training import recipe as recipes, tracking
 from training.errors import TrainingError, cli_errors
 from training.recipe import Recipe
 
@@ -44,7 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--out", help="bundle folder to write (default: models/<recipe name>)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved recipe, the split counts and its fingerprint; train nothing")
-    p.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
+    p.add_argument("--verbose", type=int, default=1,
+                   help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
     p.add_argument("--mlflow", action="store_true",
                    help="log params, per-epoch metrics and the bundle to MLflow (./mlruns/ unless "
                    "MLFLOW_TRACKING_URI is set, which also turns this on)")

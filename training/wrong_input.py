@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from lungclf import schema
-from lungclf.bundle import BundleError, sha256, verify, write_json
+from lungclf.bundle import BundleError, verify, write_json
 from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, load_image, resize
 from lungclf.wrong_input import FILE, Reference, mahalanobis, pixel_stats
 from training.errors import DataError, SplitMismatch, TrainingError, cli_errors
