@@ -1,4 +1,5 @@
-"""Scan-level accuracy next to slice-level accuracy, on a CT bundle's held-out test groups.
+"""Scan-level accuracy next to slice-level accuracy, on a CT bundle's held-out test groups
+(for a bundle of a frozen recipe: on every group, out of fold).
 
     python scripts/series_accuracy.py --data ../shared/data/chest_ct --model models/chest_ct
     python scripts/series_accuracy.py --data ../shared/data/iq_othnccd --model models/iq_othnccd \
@@ -76,6 +77,9 @@ def main(argv=None):
     from lungclf.inference import Classifier, label_text
 
     bundle = load(args.model)
+    if (bundle.meta.recipe and bundle.meta.recipe.method == "frozen"):
+        figures = out_of_fold(args.model, args.data)
+        return report(figures, args, bundle.name)
     predict = batch.predictor(Classifier(bundle))
     text_of = {lab: label_text(lab, bundle.names) for lab in bundle.labels}
     groups = test_groups(args.data, bundle.meta)
@@ -93,13 +97,19 @@ def main(argv=None):
             multi.append((right, [r.prediction is not None and r.prediction.label == text_of[truth]
                                   for r in rows]))
     figures = {
-        "model": bundle.name, "test_images": len(slices_right), "test_groups": len(scans),
+        "test_images": len(slices_right), "test_groups": len(scans),
         "slice_accuracy": round(float(np.mean(slices_right)), 3),
         "scan_accuracy": round(float(np.mean(scans)), 3),
         "groups_with_2_or_more_slices": len(multi),
         "slice_accuracy_in_those": round(float(np.mean([s for _, ss in multi for s in ss])), 3) if multi else None,
         "scan_accuracy_of_those": round(float(np.mean([r for r, _ in multi])), 3) if multi else None,
     }
+    return report(figures, args, bundle.name)
+
+
+def report(figures, args, name):
+    """Print the figures; write them to --json and (--record) into the bundle."""
+    figures = {"model": name} | figures
     for k, v in figures.items():
         print(f"{k:32s} {v}")
     if args.json:
@@ -110,12 +120,44 @@ def main(argv=None):
     return figures
 
 
+def out_of_fold(folder, data):
+    """Slice and scan accuracy of a frozen bundle over EVERY group, each answered out of fold
+    (training.frozen: the bundle's recipe, its folds, the first fold assignment), with the
+    bundle's temperature; the scan answer is the mean of its slices' probabilities."""
+    from lungclf.inference import calibrate
+    from training import frozen, steps
+    from training.recipe import Recipe
+
+    recipe = Recipe.from_bundle(folder).replace(data=os.path.abspath(data))
+    prepared = steps.prepare_recipe(recipe)
+    _, config = steps.configure(recipe, verbose=0)
+    feats, _ = frozen.features(frozen.Spec.of(config), prepared.data_dir, prepared.paths, recipe.views,
+                               prepared.report["fingerprint"])
+    cv = frozen.cross_validate(feats, prepared.y, prepared.groups, recipe.folds, 1, recipe.C, recipe.seed)
+    temperature = json.load(open(os.path.join(folder, "metadata.json")))["calibration"]["temperature"]
+    probs, y = calibrate(cv["logits"][0], temperature), np.asarray(prepared.y)
+    members = defaultdict(list)
+    for i, g in enumerate(prepared.groups):
+        members[g].append(i)
+    scans = [int(probs[m].mean(0).argmax() == Counter(y[m].tolist()).most_common(1)[0][0]) for m in members.values()]
+    multi = [m for m in members.values() if len(m) > 1]
+    right = probs.argmax(1) == y
+    return {"test_images": len(y), "test_groups": len(scans), "slice_accuracy": round(float(right.mean()), 3),
+            "scan_accuracy": round(float(np.mean(scans)), 3), "groups_with_2_or_more_slices": len(multi),
+            "slice_accuracy_in_those": round(float(np.mean([right[i] for m in multi for i in m])), 3),
+            "scan_accuracy_of_those": round(float(np.mean([scans[k] for k, m in enumerate(members.values())
+                                                            if len(m) > 1])), 3),
+            "out_of_fold": f"every group, answered by a head fitted without it ({recipe.folds}-fold)"}
+
+
 def record(folder, figures, command):
     """Put the figures into FOLDER/metadata.json and re-render the card (training.card)."""
     from training import card
 
+    rule = ("mean of the slice probabilities (out of fold: every slice)" if "out_of_fold" in figures
+            else "mean of the slice probabilities over the slices not flagged as wrong input")
     path = card.record(folder, {k: v for k, v in figures.items() if k != "model"} | {
-        "rule": "mean of the slice probabilities over the slices not flagged as wrong input",
+        "rule": rule,
         "groups": "the audit's groups stand in for scans, since the data carry no scan ids",
         "command": command}, "series")
     print(f"recorded in {path} and the card")

@@ -208,7 +208,8 @@ def _series_text(meta):
              f"{s['slice_accuracy_in_those']:.3f}, scans {s['scan_accuracy_of_those']:.3f}."
              if s.get("groups_with_2_or_more_slices") else "")
     return (f"The app's `/predict_series` answers once for the slices of one scan: the {s['rule']}. "
-            f"On the held-out test split, where {s['groups']}: slice accuracy {s['slice_accuracy']:.3f} "
+            f"{'Out of fold over every group' if s.get('out_of_fold') else 'On the held-out test split'}, "
+            f"where {s['groups']}: slice accuracy {s['slice_accuracy']:.3f} "
             f"over {s['test_images']} slices, scan accuracy {s['scan_accuracy']:.3f} over "
             f"{s['test_groups']} groups.{multi} Measured with `{s['command']}`.")
 
