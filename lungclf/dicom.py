@@ -1,6 +1,6 @@
 """DICOM in: one CT slice (a .dcm file) -> the 8-bit grey picture the PNG-trained models see.
 
-lungclf.preprocess calls `read_grey` for any file that is DICOM (a .dcm name, or the "DICM"
+lungclf.preprocess calls `read_rgb` for any file that is DICOM (a .dcm name, or the "DICM"
 marker at byte 128), so training and the app read DICOM through the one preprocessing path:
 
     stored values --(RescaleSlope, RescaleIntercept)--> Hounsfield units
