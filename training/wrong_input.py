@@ -267,7 +267,7 @@ def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, com
     rates = {"out_of_fold": rate(ref, stats, feats, distances=oof), "examples": rate(ref, stats[te], feats[te])}
     ok = ~np.any(ref.flags_of(stats[te], feats[te])[:3], axis=0)
     return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
-                  f"every image the model was fitted on ({int(fit_rows.sum())}); threshold from out-of-fold "
+                  f"images the model was fitted on ({int(fit_rows.sum())}); threshold from the out-of-fold "
                   f"distances of all {len(y)} images (group {len(first)}-fold)", command, log)
 
 
@@ -288,9 +288,7 @@ def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fit
         "file": FILE, "sha256": digest, "feature_dim": int(ref.feature_dim),
         "threshold": ref.threshold, "quantile": quantile, "colour_range": list(ref.colour_range),
         "stats_threshold": ref.stats_threshold,
-        "method": METHOD.format(q=quantile, s=shrinkage,
-                                how="Ledoit-Wolf" if recipe.wrong_input_shrinkage is None else "chosen")
-        + ("; the threshold from out-of-fold distances" if "out_of_fold" in rates else ""),
+        "method": _method(quantile, shrinkage, recipe.wrong_input_shrinkage is None, "out_of_fold" in rates),
         "fitted_on": fitted_on, "shrinkage": round(shrinkage, 4),
         "ood_data": list(recipe.ood_data), "rates": rates,
     } | ({"command": command} if command else {}) | ({"notes": recipe.wrong_input_notes}
@@ -312,6 +310,16 @@ def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fit
             f"(colour {r['by_colour']:.1%}, pixels {r['by_pixels']:.1%}, features {r['by_features']:.1%})")
     log(f"wrote {os.path.join(bundle, FILE)} and {len(meta['examples'])} examples")
     return meta
+
+
+def _method(quantile, shrinkage, ledoit_wolf, out_of_fold):
+    """METHOD in words, for a threshold set on the validation split or out of fold."""
+    text = METHOD.format(q=quantile, s=shrinkage, how="Ledoit-Wolf" if ledoit_wolf else "chosen")
+    if out_of_fold:
+        text = (text.replace("fitted on the training split", "fitted on the images the model was fitted on")
+                .replace("of the validation split is", "of all images, each measured against a reference "
+                         "fitted without its group (out of fold), is"))
+    return text
 
 
 def ref_size(model):
