@@ -78,7 +78,7 @@ def main(argv=None):
 
     bundle = load(args.model)
     if (bundle.meta.recipe and bundle.meta.recipe.method == "frozen"):
-        figures = out_of_fold(args.model, args.data)
+        figures = out_of_fold(args.model, args.data, bundle.temperature)
         return report(figures, args, bundle.name)
     predict = batch.predictor(Classifier(bundle))
     text_of = {lab: label_text(lab, bundle.names) for lab in bundle.labels}
@@ -120,10 +120,10 @@ def report(figures, args, name):
     return figures
 
 
-def out_of_fold(folder, data):
+def out_of_fold(folder, data, temperature):
     """Slice and scan accuracy of a frozen bundle over EVERY group, each answered out of fold
-    (training.frozen: the bundle's recipe, its folds, the first fold assignment), with the
-    bundle's temperature; the scan answer is the mean of its slices' probabilities."""
+    (training.frozen: the bundle's recipe, its folds, the first fold assignment), with
+    `temperature` (the bundle's); the scan answer is the mean of its slices' probabilities."""
     from lungclf.inference import calibrate
     from training import frozen, steps
     from training.recipe import Recipe
@@ -134,7 +134,6 @@ def out_of_fold(folder, data):
     feats, _ = frozen.features(frozen.Spec.of(config), prepared.data_dir, prepared.paths, recipe.views,
                                prepared.report["fingerprint"])
     cv = frozen.cross_validate(feats, prepared.y, prepared.groups, recipe.folds, 1, recipe.C, recipe.seed)
-    temperature = json.load(open(os.path.join(folder, "metadata.json")))["calibration"]["temperature"]
     probs, y = calibrate(cv["logits"][0], temperature), np.asarray(prepared.y)
     members = defaultdict(list)
     for i, g in enumerate(prepared.groups):

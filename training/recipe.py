@@ -179,9 +179,11 @@ class Recipe:
 
 
 def repo_path(path):
-    """A path as a recipe stores it: relative to the repository root when inside it."""
+    """A path as a recipe stores it: relative to the repository root when inside it or
+    beside it (../shared/data/...), else absolute."""
     full = os.path.abspath(path)
-    return os.path.relpath(full, ROOT) if full.startswith(ROOT + os.sep) else full
+    rel = os.path.relpath(full, ROOT)
+    return full if rel.startswith(os.pardir + os.sep + os.pardir) else rel
 
 
 def _check(tp, value, where):

@@ -60,7 +60,7 @@ def read_candidates(path):
     return base, out
 
 
-def score(recipe, prepared, state, log=print):
+def score(recipe, prepared, state, save, log=print):
     """{"logits": (seeds, N, K) out-of-fold, "fold_f1": [...], "folds": [...], "seconds"} of one candidate."""
     t0 = time.time()
     _, config = steps.configure(recipe, verbose=0)
@@ -70,14 +70,18 @@ def score(recipe, prepared, state, log=print):
                                    prepared.report["fingerprint"], log=log)
         cv = frozen.cross_validate(feats, y, groups, recipe.folds, recipe.fold_seeds, recipe.C, recipe.seed)
     else:
-        cv = finetune_folds(recipe, config, prepared, state, log)
+        cv = finetune_folds(recipe, config, prepared, state, save, log)
     cv["seconds"] = round(time.time() - t0, 1)
     return cv
 
 
-def finetune_folds(recipe, config, prepared, state, log):
+def finetune_folds(recipe, config, prepared, state, save, log):
     """Train `recipe` once per fold (val carved from the training folds for early stopping);
-    finished folds are kept in `state` (a dict saved after each fold) and not redone."""
+    finished folds are kept in `state` (a dict; `save()` after each fold) and not redone."""
+    import dataclasses
+
+    from sklearn.metrics import f1_score
+
     from lungclf.inference import predict_logits
     from training.data import Item, load_images
     from training.split import group_folds
@@ -88,8 +92,6 @@ def finetune_folds(recipe, config, prepared, state, log):
     x = None
     logits = np.zeros((recipe.fold_seeds, len(y), len(prepared.labels)), np.float32)
     f1s, where = [], []
-    from sklearn.metrics import f1_score
-
     for s in range(recipe.fold_seeds):
         for k, (train, test) in enumerate(group_folds(y, groups, recipe.folds, recipe.seed + s)):
             name = f"{s}/{k}"
@@ -97,12 +99,12 @@ def finetune_folds(recipe, config, prepared, state, log):
                 if x is None:
                     items = [Item(p, prepared.labels[c]) for p, c in zip(prepared.paths, y)]
                     x = load_images(prepared.data_dir, items, config.image_size, progress=False)[0]
-                    prepared = steps.dataclasses.replace(prepared, x=x)
+                    prepared = dataclasses.replace(prepared, x=x)
                 log(f"  finetune fold {name} of {recipe.fold_seeds}x{recipe.folds} ...")
                 fold = steps.fold(prepared, k, recipe.folds, recipe.val_fraction, recipe.seed + s)
                 model, _ = steps.fit(fold, config)
                 done[name] = predict_logits(model, x[test]).tolist()
-                state["_save"]()
+                save()
             logits[s, test] = np.asarray(done[name], np.float32)
             f1s.append(float(f1_score(y[test], logits[s, test].argmax(1), labels=np.arange(logits.shape[-1]),
                                       average="macro", zero_division=0)))
@@ -125,16 +127,15 @@ def select(path, out=None, json_path=None, state_path=None, only=None, log=print
     def save():
         if state_path:
             with open(state_path, "w") as f:
-                json.dump({k: v for k, v in state.items() if not k.startswith("_")}, f)
+                json.dump(state, f)
 
-    state["_save"] = save
     y, groups = np.asarray(prepared.y), list(prepared.groups)
     log(f"{len(y)} images in {len(set(groups))} groups; {base.folds}-fold by group x {base.fold_seeds} seeds; "
         f"{len(candidates)} candidates")
     results = {}
     for label, recipe in candidates:
         log(f"--- {label}")
-        results[label] = score(recipe, prepared, state, log)
+        results[label] = score(recipe, prepared, state, save, log)
     base_cv = results[BASELINE_LABEL]
     rows = []
     for label, recipe in candidates:

@@ -39,6 +39,7 @@ from lungclf.bundle import BundleError, verify, write_json
 from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, load_image, resize
 from lungclf.wrong_input import FILE, Reference, mahalanobis, pixel_stats
 from training.errors import DataError, SplitMismatch, TrainingError, cli_errors
+from training.recipe import repo_path
 
 SYNTHETIC = ("noise", "flat", "gradients", "text")
 WORDS = ("patient", "lung", "scan", "report", "2024", "CONFIDENTIAL", "slide 12", "hello", "logo", "A B C")
@@ -178,16 +179,10 @@ def wrong_input_sets(size, ood_dirs=(), n_synthetic=40, ood_limit=400, seed=0):
     """{name: images}: the synthetic kinds and every --ood-data folder."""
     sets = {f"{k} (synthetic)": synthetic(k, n_synthetic, size, seed) for k in SYNTHETIC}
     for d in ood_dirs:
-        shown = repo_path(os.path.normpath(d))  # relative to the repository when inside or beside it
+        shown = repo_path(d)  # relative to the repository when inside or beside it
         sets[f"{os.path.basename(os.path.normpath(d))} ({shown})"] = folder_images(d, size, ood_limit, seed)
     return sets
 
-
-def repo_path(path):
-    from training.recipe import ROOT
-
-    rel = os.path.relpath(os.path.abspath(path), ROOT)
-    return rel if not rel.startswith("../../") else os.path.abspath(path)
 
 
 # ---------------------------------------------------------------- examples
