@@ -27,7 +27,9 @@ API (/predict: an image, and optionally the model name; a gr.Label value back) a
 when this module is imported, as Gradio's reload mode (`gradio app.py`) and Spaces expect.
 /predict answers with five outputs, the gr.Label value first (docs/api.md documents each):
 the label, the wrong-input check (JSON), the heatmap over the image, the check in words
-(Markdown) and the heatmap's raw grid (JSON).
+(Markdown) and the heatmap's raw grid (JSON). The page calls /classify, the same answer
+without the picture: the browser draws the map over the image from the grid
+(lungclf/overlay.js), so no picture is made, encoded, stored or fetched for a visitor.
 The serving code lives in lungclf/; this file holds the UI. For research and education
 only, not for diagnosis.
 """
@@ -38,14 +40,15 @@ import sys
 import tempfile
 import time
 
+import cv2
 import gradio as gr
 import numpy as np
 
 from lungclf import batch
 from lungclf.bundle import BundleError, load
-from lungclf.heatmap import for_display, normalise, overlay
+from lungclf.heatmap import normalise, overlay
 from lungclf.inference import Classifier, label_text
-from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError, read_rgb
+from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError
 from lungclf.wrong_input import kind_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,32 +107,58 @@ def held_out_text(m, split_text):
             f"macro-F1 **{test.macro_f1:.3f}** on {test.images} images. Split ({m.split.name}): {split_text}.")
 
 
+def audit_text(audit):
+    """The data audit in words for someone deciding whether to trust the held-out figure."""
+    a = audit or {}
+    if not a.get("images"):
+        return ""
+    lines = [f"{a['images']:,} images, checked for copies before splitting: they form {a['groups']:,} groups "
+             "(a group is an image with its exact and near copies, or the tiles or slices of one "
+             "source), and each group sits on one side of every split, so copies cannot inflate "
+             "the figure above."]
+    if a.get("conflicting_images_dropped"):
+        lines.append(f"{a['conflicting_images_dropped']} images were left out because their copies "
+                     "carried different labels in the data set.")
+    if a.get("cross_split_groups"):
+        lines.append(f"The data set's own published split puts copies of {a['cross_split_groups']} "
+                     "groups on both sides; figures computed on it would be too high. This model's "
+                     "split does not.")
+    cues = {k: v for k, v in (a.get("shortcut_cues") or {}).items() if k != "all of these"}
+    if cues:
+        name, cue = max(cues.items(), key=lambda kv: kv[1]["accuracy"] - kv[1]["chance"])
+        if cue["accuracy"] - cue["chance"] >= 0.05:
+            lines.append(f"A cue that should not matter, the **{name}**, guesses the class "
+                         f"{cue['accuracy']:.0%} of the time (chance {cue['chance']:.0%}): the model "
+                         "could have learned it too, so an image that differs in it may fare worse.")
+    return "**How the data was checked.** " + " ".join(lines)
+
+
 def summary(bundle):
     """Markdown with what the user should know about a model: data, classes, held-out figures."""
     m = bundle.meta
     split_text = ", ".join(f"{s} {c.images} images / {c.groups} groups" for s, c in m.split.counts.items())
     classes = ", ".join(label_text(lab, bundle.names) for lab in bundle.labels)
-    warnings = "".join(f"\n- {w}" for w in m.audit.warnings)
+    audit = audit_text(m.raw.get("audit") or {})
     return (f"### {bundle.name}\n"
             f"**{m.task.modality}** images, trained on {m.data.dataset_name}. "
             f"Classes: {classes}.\n\n"
             f"{held_out_text(m, split_text)}\n\n"
             f"{tta_text(m)}"
             f"Input {bundle.input_size}x{bundle.input_size}, {m.model.architecture} network, "
-            f"{m.model.parameters:,} parameters.{warnings and chr(10) + chr(10) + 'Data audit:' + warnings}")
+            f"{m.model.parameters:,} parameters." + (f"\n\n{audit}" if audit else ""))
 
 
-def example_rows(bundles):
-    """[image, model name] for each image in a served bundle's examples/ folder (each
-    committed bundle carries up to 6 from groups its model never saw; they travel with it
-    to a Hub model repo)."""
-    rows = []
-    for name, served in bundles.items():
-        folder = os.path.join(served.bundle.folder, "examples")
-        if os.path.isdir(folder):
-            rows += [[os.path.join(folder, f), name] for f in sorted(os.listdir(folder))
-                     if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return rows
+def examples_of(served):
+    """[[image path], ...] and {file name: true class} of a bundle's examples/ folder: up to
+    6 images from groups its model never saw, listed with their labels in metadata.json;
+    they travel with the bundle to a Hub model repo."""
+    folder = os.path.join(served.bundle.folder, "examples")
+    if not os.path.isdir(folder):
+        return [], {}
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    truth = {os.path.basename(e["file"]): e["label"] for e in served.bundle.meta.raw.get("examples") or []
+             if isinstance(e, dict) and "file" in e and "label" in e}
+    return [[os.path.join(folder, f)] for f in files], truth
 
 
 API_DESCRIPTION = ("Classify one lung image. image: the image file (JPEG, PNG, BMP, WebP, TIFF or "
@@ -140,19 +169,46 @@ API_DESCRIPTION = ("Classify one lung image. image: the image file (JPEG, PNG, B
                    "reliable; message, score, threshold); the heatmap of what the model looked at, "
                    "over the image; the check in words; the heatmap's raw grid. See docs/api.md. "
                    "For research and education only, not for diagnosis.")
+CLASSIFY_DESCRIPTION = ("The same answer as /predict without the heatmap picture (cheaper): the "
+                        "label, the wrong-input check, the check in words and the heatmap's raw "
+                        "grid (draw it over the image yourself, as the page does). See docs/api.md. "
+                        "For research and education only, not for diagnosis.")
 OPACITY = 0.5  # the heatmap's default opacity over the image
+# The page's heatmap, drawn in the browser from the grid (lungclf/overlay.js), with OpenCV's
+# JET colours filled in so the browser's picture is Python's (tests/test_browser_explain.py).
+JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1]
+with open(os.path.join(HERE, "lungclf", "overlay.js"), encoding="utf-8") as f:
+    DRAW_JS = f.read().replace("__JET__", str(JET.tolist()))
+KEY_STOPS = ", ".join(f"rgb{tuple(int(c) for c in JET[i])} {i / 2.55:.0f}%" for i in range(0, 256, 32))
+HEATMAP_HTML = (
+    '<div id="heatmap"><canvas id="heatmap-canvas" data-state="empty" '
+    'style="width:100%;max-width:448px;height:auto"></canvas>'
+    f'<div id="heatmap-key" style="height:12px;border-radius:3px;background:linear-gradient(to right, {KEY_STOPS}, rgb{tuple(int(c) for c in JET[255])} 100%)"></div>'
+    '<div style="display:flex;justify-content:space-between;font-size:0.85em">'
+    '<span>blue: no evidence</span><span>red: strongest evidence for the top class</span></div></div>')
 
 
 def notice(verdict, modality):
     """The wrong-input check in words a visitor understands, shown beside the label."""
+    kind = kind_of(modality)
+    numbers = (f"How far what the network sees in this image is from its training images: "
+               f"**{verdict.score:.1f}**; images farther than {verdict.threshold:.1f} are flagged, a limit "
+               f"that about 1 in 20 real {kind} cross (a false warning).")
     if verdict.wrong_input:
         return (f"### ⚠ Not reliable\n**{verdict.message}**\n\n"
-                f"<small>Check: {verdict.check}; distance {verdict.score:.1f}, limit {verdict.threshold:.1f}. "
+                f"<small>Check that failed: {verdict.check}. {numbers} "
                 "The label below is what the model would say, shown only for teaching.</small>")
     if verdict.check == "none":
         return "<small>This model has no wrong-input check: it answers for any image.</small>"
-    return (f"<small>Looks like the {kind_of(modality)} this model was trained on "
-            f"(distance {verdict.score:.1f}, limit {verdict.threshold:.1f}).</small>")
+    return f"<small>✓ Looks like the {kind} this model was trained on. {numbers}</small>"
+
+
+def truth_text(truth, names, probabilities):
+    """For an example: its true class beside the model's answer."""
+    name = label_text(truth, names)
+    right = max(probabilities, key=probabilities.get) == name
+    return (f"**This example's true class: {name}.** The model's answer is "
+            f"{'right' if right else '**wrong**'}. (Examples come from scans or tiles this model never saw.)\n\n")
 
 
 def grid(cam):
@@ -160,17 +216,14 @@ def grid(cam):
     return None if cam is None else np.round(normalise(cam), 4).tolist()
 
 
-def blend(image, cam_grid, opacity):
-    """The heatmap over the image at `opacity`, from the image and the map's grid: the
-    opacity slider re-blends without running the model again."""
-    path = image.get("path") if isinstance(image, dict) else image
-    if not path or not cam_grid:
-        return None
-    try:
-        rgb = for_display(read_rgb(path))
-    except ImageError:
-        return None
-    return overlay(rgb, np.asarray(cam_grid, np.float32), opacity)
+def served_model(bundles, model):
+    """The Classifier named `model` (the first, default one when empty); a gr.Error naming
+    the served models otherwise."""
+    names = list(bundles)
+    served = bundles.get(str(model or names[0]))
+    if served is None:
+        raise gr.Error(f"Unknown model {model!r}. Choose one of: {', '.join(names)}.", print_exception=False)
+    return served
 
 
 def build_demo(bundles):
@@ -180,18 +233,50 @@ def build_demo(bundles):
                    delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
         gr.Markdown("# Lung image classifier\n" + NOTICE)
         with gr.Tab("One image"):
-            single_image_page(bundles)
-        build_batch_tabs(bundles)
+            model = single_image_page(bundles)
+        build_batch_tabs(bundles, model)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
     return demo
 
 
 def single_image_page(bundles):
-    """One image in; the label, the wrong-input check beside it and the heatmap out (/predict)."""
+    """One image in; the label, the wrong-input check beside it and the heatmap out. The page
+    calls /classify and draws the map in the browser; /predict, for API clients, also returns
+    the picture. Returns the model selector (the other tabs follow it)."""
     names = list(bundles)
     # The selector shows each model's modality and classes; its value (and the API's) is the name.
     choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
                for n, s in bundles.items()]
+
+    def analyse(image, model):
+        """(Classifier, Answer) of one image; gr.Error with a message for a bad one."""
+        if image is None:
+            raise gr.Error("Upload an image first.", print_exception=False)
+        served = served_model(bundles, model)
+        path = image.get("path") if isinstance(image, dict) else image
+        try:
+            return served, served.analyse(path)
+        except ImageError as e:
+            raise gr.Error(str(e), print_exception=False) from None  # the user's file: no traceback
+        except Exception:
+            log.exception("prediction failed")
+            raise gr.Error("The image could not be classified. Try another file.",
+                           print_exception=False) from None  # logged just above
+
+    def classify(image, model=None):
+        """Classify one lung image and check that it looks like the model's training images;
+        the heatmap comes as its grid (the page draws it over the image).
+
+        Args:
+            image: the image file (JPEG, PNG, BMP, WebP, TIFF or GIF) to classify.
+            model: which model to use, by name; leave empty for the first (default) model.
+        Returns:
+            The classes with their calibrated confidences; the wrong-input check; the check
+            in words; the heatmap's raw grid.
+        """
+        served, answer = analyse(image, model)
+        return (answer.probabilities, answer.verdict.as_dict(),
+                notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
 
     def predict(image, model=None):
         """Classify one lung image, check that it looks like the model's training images, and
@@ -204,24 +289,10 @@ def single_image_page(bundles):
             The classes with their calibrated confidences; the wrong-input check; the heatmap
             over the image; the check in words; the heatmap's raw grid.
         """
-        if image is None:
-            raise gr.Error("Upload an image first.", print_exception=False)
-        served = bundles.get(str(model or names[0]))
-        if served is None:
-            raise gr.Error(f"Unknown model {model!r}. Choose one of: {', '.join(names)}.",
-                           print_exception=False)
-        path = image.get("path") if isinstance(image, dict) else image
-        try:
-            answer = served.analyse(path)
-            picture = None if answer.cam is None else overlay(answer.rgb, answer.cam, OPACITY)
-            return (answer.probabilities, answer.verdict.as_dict(), picture,
-                    notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
-        except ImageError as e:
-            raise gr.Error(str(e), print_exception=False) from None  # the user's file: no traceback
-        except Exception:
-            log.exception("prediction failed")
-            raise gr.Error("The image could not be classified. Try another file.",
-                           print_exception=False) from None  # logged just above
+        served, answer = analyse(image, model)
+        picture = None if answer.cam is None else overlay(answer.rgb, answer.cam, OPACITY)
+        return (answer.probabilities, answer.verdict.as_dict(), picture,
+                notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
@@ -229,29 +300,62 @@ def single_image_page(bundles):
                              sources=["upload", "clipboard"], height=320)
             model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
             button = gr.Button("Classify", variant="primary")
+            example_sets = page_examples(bundles, image)
         with gr.Column(scale=1, min_width=300):
             check_text = gr.Markdown(elem_id="wrong-input-notice")
             label = gr.Label(num_top_classes=5, label="Prediction")
-            check = gr.JSON(label="Wrong-input check", visible=False)
-            heat = gr.Image(type="numpy", format="jpeg", label="What the model looked at (class activation map)",
-                            interactive=False, height=320, elem_id="heatmap")
+            check = gr.JSON(label="Wrong-input check", visible="hidden")
+            gr.Markdown("**What the model looked at** (class activation map of the top class)")
+            gr.HTML(HEATMAP_HTML)
             opacity = gr.Slider(0, 1, value=OPACITY, step=0.05, label="Heatmap opacity")
-            cam = gr.JSON(visible=False)
+            cam = gr.JSON(visible="hidden", elem_id="heatmap-grid")
             card = gr.Markdown(summary(bundles[names[0]].bundle))
-    outputs = [label, check, heat, check_text, cam]
-    gr.on([image.upload, button.click], predict, inputs=[image, model], outputs=outputs,
-          api_name="predict", api_description=API_DESCRIPTION, preprocess=False)
-    opacity.change(blend, [image, cam, opacity], heat, api_name=False, queue=False,
-                   trigger_mode="always_last", preprocess=False)
-    rows = example_rows(bundles)
-    if rows:
-        # Lazy: an example is classified on its first click, so start-up stays fast. The
-        # cache lives in a fresh folder per run: one left on disk may be another model's.
-        os.environ.setdefault("GRADIO_EXAMPLES_CACHE", tempfile.mkdtemp(prefix="examples-"))
-        gr.Examples(rows, inputs=[image, model], outputs=outputs, fn=predict,
-                    cache_examples=True, cache_mode="lazy", examples_per_page=12, elem_id="examples",
-                    visible_columns=None if len(names) > 1 else [0])
-    model.change(lambda n: summary(bundles[n].bundle), model, card, api_name=False, queue=False)
+            picture = gr.Image(type="numpy", format="jpeg", visible=False)  # /predict's only
+    outputs = [label, check, check_text, cam]
+    gr.on([image.upload, button.click], classify, inputs=[image, model], outputs=outputs,
+          api_name="classify", api_description=CLASSIFY_DESCRIPTION, preprocess=False)
+    # /predict: the documented API with the picture, on a trigger the page never fires.
+    gr.Button(visible=False).click(predict, [image, model], [label, check, picture, check_text, cam],
+                                   api_name="predict", api_description=API_DESCRIPTION, preprocess=False)
+    # Drawn in the browser: a new grid, a new opacity, or the image cleared.
+    for trigger in (cam.change, opacity.input, image.clear):
+        trigger(None, [cam, image, opacity], None, js=DRAW_JS, queue=False)
+    image.upload(lambda: None, None, cam, api_name=False, queue=False)  # the old map goes at once
+
+    # An example: classified by its own model as soon as it is loaded, its true class beside
+    # the answer (each bundle's metadata.json lists its examples' labels).
+    for name, (_, examples, truth) in example_sets.items():
+        def run(path, name=name, truth=truth):
+            probabilities, verdict, words, cam_grid = classify(path, name)
+            known = truth.get(os.path.basename(path.get("path") if isinstance(path, dict) else path))
+            if known:
+                words = truth_text(known, bundles[name].bundle.names, probabilities) + words
+            return probabilities, verdict, words, cam_grid
+
+        examples.load_input_event.then(run, image, outputs, api_name=False, preprocess=False)
+
+    def switch(name):
+        """A new model: its card and examples, and no answer left from the old one."""
+        return [summary(bundles[name].bundle), None, None, "", None] + \
+            [gr.update(visible=n == name) for n in example_sets]
+
+    columns = [column for column, _, _ in example_sets.values()]
+    model.change(switch, model, [card, label, check, check_text, cam, *columns], api_name=False, queue=False)
+    return model
+
+
+def page_examples(bundles, image):
+    """Each model's examples (all of them: no paging), shown only while that model is
+    selected. Returns {model name: (its column, its gr.Examples, {file name: true class})}."""
+    sets = {}
+    for i, (name, served) in enumerate(bundles.items()):
+        rows, truth = examples_of(served)
+        if rows:
+            with gr.Column(visible=i == 0, elem_id=f"examples-{name}", elem_classes="examples") as column:
+                examples = gr.Examples(rows, inputs=[image], label=f"Examples ({name}; the true class "
+                                       "shows once classified)", examples_per_page=len(rows))
+            sets[name] = (column, examples, truth)
+    return sets
 
 
 CSV_DIR = tempfile.mkdtemp(prefix="lungclf-csv-")  # our CSVs; Gradio serves copies from its cache
@@ -275,24 +379,41 @@ SERIES_TEXT = ("Drop the slices of **one** CT scan (image files, DICOM slices or
                "by their DICOM position, else by file name.")
 
 
-def build_batch_tabs(bundles):
+def is_ct(served):
+    return served.bundle.meta.task.modality.upper() == "CT"
+
+
+def table(rows):
+    """The rows for the page's table: the values clients read (docs/batch.md), shown with
+    the confidence as a percentage (as the one-image page shows it) and "ok" where the
+    wrong-input check passed."""
+    import pandas as pd
+
+    frame = pd.DataFrame([r.values() for r in rows], columns=batch.COLUMNS)
+    passed = frame["error"].eq("") & frame["wrong_input"].eq("")
+    return frame.style.format({"confidence": lambda v: "" if pd.isna(v) else f"{v:.1%}",
+                               "wrong_input_score": lambda v: "" if pd.isna(v) else f"{v:.1f}"}) \
+        .format(lambda v: "ok", subset=(passed[passed].index, ["wrong_input"]))
+
+
+def build_batch_tabs(bundles, first_model):
     """The 'Many images' and 'CT series' tabs, with /predict_batch and /predict_series.
     Batches run in their own queue slot (BATCH_CONCURRENCY_LIMIT), so single images do not
-    wait behind them. Each tab has its own model selector; the series tab starts on a CT model."""
+    wait behind them. Each tab has its own model selector, which follows the first tab's
+    (the series tab only to a CT model); the series tab starts on the CT model with the best
+    held-out macro-F1. A switch clears the tab's results."""
     names = list(bundles)
     choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
                for n, s in bundles.items()]
-    ct = next((n for n, s in bundles.items() if s.bundle.meta.task.modality.upper() == "CT"), names[0])
+    cts = [n for n, s in bundles.items() if is_ct(s)]
+    ct = max(cts, key=lambda n: bundles[n].bundle.meta.metrics.test.macro_f1) if cts else names[0]
 
     def classify_files(files, model_name, progress, series=False):
         """Uploaded files -> lungclf.batch Rows; every upload and extracted file is read in a
         temporary folder that is deleted before this returns."""
         if not files:
             raise gr.Error("Upload files first.", print_exception=False)
-        served = bundles.get(str(model_name or names[0]))
-        if served is None:
-            raise gr.Error(f"Unknown model {model_name!r}. Choose one of: {', '.join(names)}.",
-                           print_exception=False)
+        served = served_model(bundles, model_name)
         paths = [f.get("path") if isinstance(f, dict) else str(f) for f in files]
 
         def before_each(n, total):
@@ -322,7 +443,7 @@ def build_batch_tabs(bundles):
             score, or the message that refused it) and the same table as a CSV file.
         """
         rows = classify_files(files, model, progress)
-        return [r.values() for r in rows], csv_file(rows, "predictions")
+        return table(rows), csv_file(rows, "predictions")
 
     def predict_series(files, model=None, progress=gr.Progress()):
         """Classify the slices of one CT scan, and the scan as a whole.
@@ -336,8 +457,7 @@ def build_batch_tabs(bundles):
         """
         rows = classify_files(files, model, progress, series=True)
         answer = batch.aggregate(rows)
-        return (answer.probabilities, answer.text(), [r.values() for r in rows],
-                csv_file(rows, "slices"))
+        return answer.probabilities, answer.text(), table(rows), csv_file(rows, "slices")
 
     common = dict(concurrency_limit=BATCH_CONCURRENCY_LIMIT, concurrency_id="batch")
     with gr.Tab("Many images"):
@@ -364,6 +484,12 @@ def build_batch_tabs(bundles):
         slice_csv = gr.File(label="Slices as CSV")
     go_series.click(predict_series, [slices, series_model], [scan, scan_text, slice_table, slice_csv],
                     api_name="predict_series", **common)
+    # A model switch leaves no answer of the old model on screen.
+    model.change(lambda: (None, None), None, [table, csv_out], api_name=False, queue=False)
+    series_model.change(lambda: (None, "", None, None), None, [scan, scan_text, slice_table, slice_csv],
+                        api_name=False, queue=False)
+    first_model.change(lambda n: (n, n if is_ct(bundles[n]) else gr.update()), first_model,
+                       [model, series_model], api_name=False, queue=False)
 
 
 def keep_delete_cache_alive():

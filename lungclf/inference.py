@@ -3,7 +3,7 @@
     from lungclf.bundle import load
     from lungclf.inference import Classifier
     clf = Classifier(load("models/lc25000"))
-    clf.classify("tile.jpeg")        # {"Adenocarcinoma (lung) (lung_aca)": 0.93, ...}
+    clf.classify("tile.jpeg")        # {"Adenocarcinoma (lung)": 0.93, ...}
 
 Every network here ends in one softmax Dense layer over its penultimate features, so the
 forward pass returns the logits (features @ kernel + bias) and the features themselves:
@@ -136,9 +136,9 @@ def predict_logits(model, x, batch_size=64, views=None, forward=None):
 
 
 def label_text(label, names):
-    """The text a gr.Label shows for a class: readable name with the class id."""
-    name = names.get(label, label)
-    return label if name == label else f"{name} ({label})"
+    """The text a gr.Label shows for a class: its readable name from classes.json, once
+    (the class id where it has none). classes.json maps names back to ids."""
+    return names.get(label) or label
 
 
 @dataclass

@@ -52,8 +52,13 @@ def temperature_scaled(probs, temperature):
 
 
 def label_id(text):
-    """The class id in a label text like "Adenocarcinoma (lung) (lung_aca)"."""
-    return text.rsplit("(", 1)[1].rstrip(")") if text.endswith(")") else text
+    """The class id of a label text (a class's readable name, as the app shows it): from
+    training's names ("Adenocarcinoma (lung)" -> "lung_aca"), else the name made back into
+    a folder name ("Blue" -> "blue")."""
+    from training.presets import CLASS_NAMES
+
+    ids = {name: label for label, name in CLASS_NAMES.items()}
+    return ids.get(text, text.lower().replace(" ", "_"))
 
 
 def confidences(result):
