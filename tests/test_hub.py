@@ -1,11 +1,15 @@
 """The Hub round trip: publish a bundle with scripts/push_to_hub.py, serve it from the Hub
-with app.py, and refuse what must be refused.
+with app.py, and refuse what must be refused; and the local Hub refuses what the Hub
+refuses (a binary file over 1 MB or any file over 10 MiB committed in git, not LFS).
 
 The real huggingface_hub client (in the push script, the app and `python -m
-lungclf.bundle`) talks to tests/local_hub.py on 127.0.0.1 through HF_ENDPOINT; the
-Hugging Face cache is a temporary folder (HF_HOME, HF_HUB_CACHE).
+lungclf.bundle`) talks to tests/local_hub.py on 127.0.0.1 through HF_ENDPOINT, uploading
+large and binary files with Git LFS (HF_HUB_DISABLE_XET=1: the local Hub speaks LFS, not
+Xet); the Hugging Face cache is a temporary folder (HF_HOME, HF_HUB_CACHE). The tests of
+the Hub's limits are fast; the round trips, which train a tiny bundle, are slow.
 """
 
+import base64
 import json
 import os
 import secrets
@@ -16,9 +20,9 @@ import sys
 import pytest
 
 from tests.helpers import ROOT, AppServer, blob_image, free_port, label_id, run_app_until_exit
-from tests.local_hub import LocalHub, card_metadata_errors
+from tests.local_hub import card_metadata_errors, running
 
-pytestmark = [pytest.mark.slow, pytest.mark.hub]
+pytestmark = pytest.mark.hub
 
 TOKEN = "hf_test" + secrets.token_hex(16)
 
@@ -66,16 +70,15 @@ def predict(url, image, model):
 
 @pytest.fixture(scope="module")
 def hub():
-    server = LocalHub(TOKEN).start()
-    yield server
-    server.stop()
+    with running(TOKEN) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def hub_env(hub, tmp_path_factory):
     home = tmp_path_factory.mktemp("hf_home")
     return {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(home),
-            "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +124,124 @@ def blue(tmp_path_factory):
     return path
 
 
+# ---- what the local Hub refuses, as the Hub does ------------------------------------------
+
+def commit_payload(summary, files):
+    """A commit as the Hub's commit endpoint reads it (ndjson): each file given as `regular`
+    content, base64 in the commit itself (path -> bytes), not uploaded with LFS."""
+    lines = [{"key": "header", "value": {"summary": summary, "description": ""}}]
+    lines += [{"key": "file", "value": {"path": path, "encoding": "base64",
+                                        "content": base64.b64encode(data).decode()}} for path, data in files.items()]
+    return "\n".join(json.dumps(line) for line in lines).encode()
+
+
+def post_to_hub(hub, path, body, content_type):
+    """POST straight to the Hub's API (not through HfApi), with the token; returns the response."""
+    from huggingface_hub.utils import get_session
+
+    return get_session().post(f"{hub.url}{path}", content=body, timeout=60,
+                              headers={"authorization": f"Bearer {TOKEN}", "content-type": content_type})
+
+
+def commit_in_git(hub, repo_id, files):
+    """Commit `files` as regular files through the raw commit endpoint; raises what the
+    client would raise for the Hub's answer, else returns the new commit's id."""
+    from huggingface_hub.utils import hf_raise_for_status
+
+    response = post_to_hub(hub, f"/api/models/{repo_id}/commit/main", commit_payload("raw commit", files),
+                           "application/x-ndjson")
+    hf_raise_for_status(response, endpoint_name="commit")
+    return response.json()["commitOid"]
+
+
+@pytest.fixture
+def empty_repo(hub, request):
+    from huggingface_hub import HfApi
+
+    repo_id = "lab/" + request.node.name.removeprefix("test_")[:60].strip("_").replace("_", "-")
+    HfApi(endpoint=hub.url, token=TOKEN).create_repo(repo_id)
+    return repo_id
+
+
+def test_preupload_sends_binary_and_large_files_to_lfs_and_small_text_to_git(hub, empty_repo):
+    def entry(path, sample, size):
+        return {"path": path, "sample": base64.b64encode(sample).decode(), "size": size}
+
+    files = [entry("notes.txt", b"plain text\n", 11),
+             entry("tiny.bin", b"\x00\x01\x02", 3),  # binary: LFS at any size
+             entry("big.csv", b"a,b\n1,2\n", 11 * 1024 * 1024),  # text, but over 10 MiB
+             entry("model.keras", b"looks like text", 15)]  # .gitattributes sends *.keras to LFS
+    response = post_to_hub(hub, f"/api/models/{empty_repo}/preupload/main", json.dumps({"files": files}),
+                           "application/json")
+    modes = {f["path"]: f["uploadMode"] for f in response.json()["files"]}
+    assert modes == {"notes.txt": "regular", "tiny.bin": "lfs", "big.csv": "lfs", "model.keras": "lfs"}
+
+
+def test_a_binary_file_over_1_mb_committed_in_git_is_refused_as_the_hub_refuses_it(hub, empty_repo):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import BadRequestError
+
+    weights = b"\x00" + os.urandom(1_200_000)
+    with pytest.raises(BadRequestError) as refused:
+        commit_in_git(hub, empty_repo, {"notes.txt": b"fine\n", "weights.bin": weights})
+    message = str(refused.value)
+    assert "Bad request for commit endpoint:" in message
+    assert "Your push was rejected because it contains binary files" in message
+    assert "- weights.bin (ref: refs/heads/main)" in message and "notes.txt" not in message
+    assert "notes.txt" not in HfApi(endpoint=hub.url, token=TOKEN).list_repo_files(empty_repo)  # nothing committed
+
+
+def test_any_file_over_10_mib_committed_in_git_is_refused(hub, empty_repo):
+    from huggingface_hub.errors import BadRequestError
+
+    table = b"0123456789abcdef,\n" * (11 * 1024 * 1024 // 18)  # text, 11 MiB
+    with pytest.raises(BadRequestError, match=r"contains files larger than 10 MiB.*- table\.csv \(ref: refs/heads/main\)"):
+        commit_in_git(hub, empty_repo, {"table.csv": table})
+
+
+def test_small_text_and_small_binary_files_may_be_committed_in_git(hub, empty_repo):
+    from huggingface_hub import HfApi
+
+    commit_in_git(hub, empty_repo, {"notes.txt": b"fine\n", "icon.bin": b"\x00" * 1000})
+    assert {"notes.txt", "icon.bin"} <= set(HfApi(endpoint=hub.url, token=TOKEN).list_repo_files(empty_repo))
+
+
+def test_the_client_uploads_a_large_binary_file_with_lfs_and_downloads_it_back(hub, empty_repo, tmp_path):
+    import hashlib
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    weights = b"\x00" + os.urandom(2_000_000)
+    api.upload_file(path_or_fileobj=weights, path_in_repo="weights/w.bin", repo_id=empty_repo)
+    [entry] = [e for e in api.list_repo_tree(empty_repo, recursive=True) if e.path == "weights/w.bin"]
+    assert entry.lfs is not None and entry.lfs.sha256 == hashlib.sha256(weights).hexdigest()
+    assert entry.size == len(weights)
+    downloaded = api.hf_hub_download(empty_repo, "weights/w.bin", cache_dir=str(tmp_path))
+    assert open(downloaded, "rb").read() == weights  # through the redirect to the LFS storage
+    attributes = open(api.hf_hub_download(empty_repo, ".gitattributes", cache_dir=str(tmp_path))).read()
+    assert "weights/w.bin filter=lfs diff=lfs merge=lfs -text" in attributes  # git checks out the file
+
+
+def test_a_pointer_to_lfs_content_never_uploaded_is_refused(hub, empty_repo):
+    lines = [{"key": "header", "value": {"summary": "dangling pointer"}},
+             {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "0" * 64, "size": 10}}]
+    response = post_to_hub(hub, f"/api/models/{empty_repo}/commit/main",
+                           "\n".join(json.dumps(line) for line in lines), "application/x-ndjson")
+    assert response.status_code == 400 and "pointed to a file that does not exist" in response.json()["error"]
+
+
+def test_a_client_trying_xet_is_told_to_use_lfs(hub, empty_repo):
+    from huggingface_hub.utils import get_session
+
+    response = get_session().get(f"{hub.url}/api/models/{empty_repo}/xet-write-token/main",
+                                 headers={"authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 501 and "HF_HUB_DISABLE_XET=1" in response.json()["error"]
+
+
+# ---- the round trip of a model bundle -------------------------------------------------------
+
+@pytest.mark.slow
 def test_push_prints_the_url_and_the_commit_it_tagged(published, hub, hub_env):
     from huggingface_hub import HfApi
 
@@ -131,6 +252,7 @@ def test_push_prints_the_url_and_the_commit_it_tagged(published, hub, hub_env):
     assert "serve it:  MODEL_REPO=lab/tiny@v1 python app.py" in out
 
 
+@pytest.mark.slow
 def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published, hub):
     from huggingface_hub import HfApi, ModelCard
 
@@ -147,6 +269,23 @@ def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published
     assert 'snapshot_download("lab/tiny", revision="v1")' in card.text
 
 
+@pytest.mark.slow
+def test_push_stores_the_model_and_its_wrong_input_reference_with_lfs(published, hub):
+    """The Hub refuses them in git (binary, and over 1 MB for the committed models)."""
+    from huggingface_hub import HfApi
+
+    from lungclf.bundle import sha256
+
+    tree = {e.path: e for e in HfApi(endpoint=hub.url, token=TOKEN).list_repo_tree("lab/tiny", revision="v1",
+                                                                                   recursive=True)}
+    v1 = published["folders"][0]
+    for name in ("model.keras", "wrong_input.npz"):
+        assert tree[name].lfs is not None, f"{name} was committed in git, not LFS"
+        assert tree[name].lfs.sha256 == sha256(os.path.join(v1, name))
+    assert tree["metadata.json"].lfs is None  # text stays in git
+
+
+@pytest.mark.slow
 def test_publishing_leaves_the_source_bundle_byte_identical(tiny_bundle, hub, hub_env, tmp_path):
     """The card is rendered in a staging copy: publishing never edits the bundle folder
     (for a committed bundle, models/*/README.md would otherwise change on every push)."""
@@ -177,11 +316,13 @@ def test_publishing_leaves_the_source_bundle_byte_identical(tiny_bundle, hub, hu
     assert f"pinned:    MODEL_REPO=lab/untouched@{sha} python app.py" in out
 
 
+@pytest.mark.slow
 def test_app_serves_the_model_pushed_under_a_tag(hub_server, blue):
     assert predict(hub_server.url, blue, "tiny") == "blue"
     assert "serving tiny from lab/tiny@v1" in hub_server.output()
 
 
+@pytest.mark.slow
 def test_older_tag_still_serves_the_old_model_after_a_second_push(hub_server, hub, blue):
     from huggingface_hub import HfApi
 
@@ -191,10 +332,12 @@ def test_older_tag_still_serves_the_old_model_after_a_second_push(hub_server, hu
     assert predict(hub_server.url, blue, "tiny") == "blue"  # v1 still the old model
 
 
+@pytest.mark.slow
 def test_private_repo_is_served_with_the_token(hub_server, blue):
     assert predict(hub_server.url, blue, "tiny-private") == "blue"
 
 
+@pytest.mark.slow
 def test_private_repo_without_a_token_is_refused_clearly(published, hub_env):
     code, out = run(["-m", "lungclf.bundle", "lab/tiny-private@v1"], {**hub_env, "HF_TOKEN": ""})
     assert code != 0
@@ -202,6 +345,7 @@ def test_private_repo_without_a_token_is_refused_clearly(published, hub_env):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, message", [
     ("lab/no-such-model", "model repo lab/no-such-model not found"),
     ("lab/tiny@v9", "revision 'v9' not found in lab/tiny"),
@@ -222,6 +366,7 @@ def test_missing_repo_revision_or_file_gives_a_clear_message(published, hub, hub
     assert message in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_tampered_model_on_the_hub_stops_start_up(tiny_bundle, hub, hub_env, tmp_path):
     from huggingface_hub import HfApi
 
@@ -236,6 +381,7 @@ def test_tampered_model_on_the_hub_stops_start_up(tiny_bundle, hub, hub_env, tmp
     assert "lab/tampered: sha256 of model.keras does not match metadata.json" in out
 
 
+@pytest.mark.slow
 def test_bundle_with_a_lambda_layer_is_refused_by_safe_mode(tiny_bundle, hub_env, tmp_path):
     """The hash matches, so only Keras safe mode can catch the Python code in the model."""
     import keras
@@ -255,6 +401,7 @@ def test_bundle_with_a_lambda_layer_is_refused_by_safe_mode(tiny_bundle, hub_env
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_offline_start_serves_the_cached_snapshot_of_the_same_revision(hub_server, hub_env, blue):
     # hub_server filled the cache; now the Hub is unreachable (a closed port)
     offline = {**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
@@ -269,6 +416,7 @@ def test_offline_start_serves_the_cached_snapshot_of_the_same_revision(hub_serve
     assert code != 0 and "no cached snapshot of revision 'v3'" in out
 
 
+@pytest.mark.slow
 def test_offline_start_without_a_cache_fails_fast_and_clearly(hub_env, tmp_path):
     env = {**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
            "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "MODEL_REPO": "lab/tiny@v1"}
@@ -279,6 +427,7 @@ def test_offline_start_without_a_cache_fails_fast_and_clearly(hub_env, tmp_path)
     assert "no cached snapshot of revision 'v1'" in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_model_card_metadata_is_valid_offline(tiny_bundle):
     from huggingface_hub import ModelCard
 
@@ -297,6 +446,7 @@ def test_model_card_metadata_is_valid_offline(tiny_bundle):
     assert broken != text and card_metadata_errors(broken)  # the check can fail
 
 
+@pytest.mark.slow
 def test_push_stops_when_the_hub_refuses_the_card(tiny_bundle, hub_env, tmp_path):
     folder = copy_bundle(tiny_bundle, tmp_path / "bad-licence")
     meta = json.load(open(folder / "metadata.json"))
@@ -307,12 +457,14 @@ def test_push_stops_when_the_hub_refuses_the_card(tiny_bundle, hub_env, tmp_path
     assert "the Hub refused the model card's metadata" in out and "license" in out
 
 
+@pytest.mark.slow
 def test_push_without_a_token_says_how_to_log_in(tiny_bundle, hub_env):
     code, out = run(["scripts/push_to_hub.py", tiny_bundle["out"], "--repo-id", "lab/x"],
                     {**hub_env, "HF_TOKEN": ""})
     assert code != 0 and "set HF_TOKEN" in out and "hf auth login" in out
 
 
+@pytest.mark.slow
 def test_the_token_never_appears_in_output_or_files(published, hub_server, hub_env):
     """Every tool's output is checked as it comes (without_token); here the app's log, the
     published folders and the Hub cache."""
