@@ -298,7 +298,7 @@ class LocalHub:
             raise HubError(409, f"You already created this {repo_type} repo",
                            body={"url": f"{self.url}/{URL_PREFIX[repo_type]}{repo_id}"})
         if repo_type == "space" and sdk in ("gradio", "docker") and body["organization"] in self.free_accounts:
-            raise HubError(402, f"Creating a {sdk} Space requires a paid plan")
+            raise HubError(402, "Payment Required")
         private = body.get("visibility") == "private" or bool(body.get("private"))
         repo = self.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private, sdk)
         repo.commit("main", {".gitattributes": GITATTRIBUTES}, {}, "initial commit")
