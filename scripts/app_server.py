@@ -77,12 +77,12 @@ class AppServer:
                 time.sleep(0.05)
         raise RuntimeError(f"the server did not answer in {timeout} s:\n{self.output()[-3000:]}")
 
-    def first_answer(self, image, timeout=180):
-        """Seconds from process start to the first answered prediction of `image` (a path)."""
+    def first_answer(self, image, timeout=180, api_name="/predict"):
+        """Seconds from process start to the first answer of `image` (a path) from `api_name`."""
         from gradio_client import Client, handle_file
 
         self.wait_until_ready(timeout)
-        Client(self.url, verbose=False).predict(handle_file(image), api_name="/predict")
+        Client(self.url, verbose=False).predict(handle_file(image), api_name=api_name)
         return time.perf_counter() - self.t0
 
     def output(self):

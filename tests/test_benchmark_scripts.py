@@ -26,15 +26,32 @@ def run_script(args, json_path, timeout=300):
         return json.load(f)
 
 
-def test_serving_benchmark_measures_ours_the_anchor_and_the_floor(tiny_bundle, tmp_path):
+def test_serving_benchmark_measures_classify_predict_and_the_floor(tiny_bundle, tmp_path):
     figures = run_script(["scripts/benchmark_serving.py", "--quick", "--model", tiny_bundle["out"]],
                          tmp_path / "serving.json")
-    assert set(figures["runs"]) == {"ours", "anchor", "floor"}
+    assert set(figures["runs"]) == {"classify", "predict", "floor"}  # the default apps
     for app, runs in figures["runs"].items():
         assert len(runs) == 1, app  # --quick: one run
         assert runs[0]["cold_start_s"] > 0 and runs[0]["rps"] > 0 and runs[0]["peak_mb"] > 0, app
-    assert set(figures["forward_ms"]) == {"ours", "anchor"} and min(figures["forward_ms"].values()) > 0
-    assert set(figures["summary"]) == {"p50 / floor", "throughput / anchor", "anchor file / ours"}
+    assert figures["forward_ms"]["ours"] > 0
+    vs = figures["summary"]["against_floor"]
+    assert vs["classify"]["p50_over_floor"] > 0 and vs["predict"]["rps_over_floor"] > 0
+    assert figures["load"]["max"] >= figures["load"]["min"] >= 0
+
+
+def test_the_floor_app_answers_one_label_and_nothing_else(tiny_bundle, tmp_path):
+    """The floor is app.py's page whose /classify has ONE output, a gr.Label with a constant."""
+    from gradio_client import Client, handle_file
+
+    from scripts.app_server import AppServer
+    from scripts.benchmark_serving import write_tile
+
+    image = write_tile(str(tmp_path / "tile.jpg"))
+    with AppServer({"MODEL_REPO": tiny_bundle["out"]}, [sys.executable, "scripts/benchmark_serving.py",
+                                                        "--serve-floor"]) as server:
+        answer = Client(server.url, verbose=False).predict(handle_file(image), api_name="/classify")
+    assert isinstance(answer, dict) and "confidences" in answer  # one output: the gr.Label value alone
+    assert len({c["confidence"] for c in answer["confidences"]}) == 1  # a constant: every class alike
 
 
 @pytest.mark.train
@@ -60,15 +77,27 @@ def test_serving_figures_are_recorded_in_the_bundle_and_its_card(tmp_path):
     from scripts.benchmark_serving import record
 
     bundle = shutil.copytree(os.path.join(ROOT, "models", "lc25000"), tmp_path / "lc25000")
-    # Three runs as --json writes them: medians 200 ms (ours) and 150 ms (floor); forward 10 ms.
-    runs = {app: [{"p50_ms": p, "rps": r} for p, r in zip(p50s, (20.0, 30.0, 25.0))]
-            for app, p50s in {"ours": (210.0, 200.0, 190.0), "floor": (150.0, 140.0, 160.0)}.items()}
-    record(str(bundle), {"runs": runs, "forward_ms": {"ours": 10.0}, "load": [[1.0, 1, 1], [1.5, 1, 1]]})
+    # Three runs as --json writes them: p50 medians 200 ms (classify), 300 ms (predict), 150 ms
+    # (floor app); forward pass 10 ms, so the floor for one client is 160 ms.
+    p50s = {"classify": (210.0, 200.0, 190.0), "predict": (300.0, 310.0, 290.0), "floor": (150.0, 140.0, 160.0)}
+    rps = {"classify": (20.0, 30.0, 25.0), "predict": (10.0, 12.5, 15.0), "floor": (50.0, 40.0, 60.0)}
+    runs = {app: [{"p50_ms": p, "rps": r, "server_cpu_ms": 20.0} for p, r in zip(p50s[app], rps[app])]
+            for app in p50s}
+    record(str(bundle), {"runs": runs, "forward_ms": {"ours": 10.0}, "args": {"clients": 16}, "cores": 2,
+                         "load": {"start": 0.5, "end": 2.5, "min": 0.5, "max": 3.0}, "date": "2026-12-05",
+                         "command": "python scripts/benchmark_serving.py --model models/lc25000 --record"})
 
     with open(bundle / "metadata.json") as f:
         serving = json.load(f)["measured"]["serving"]
-    assert serving["p50_ms"] == 200.0 and serving["floor_ms"] == 160.0  # floor app p50 + forward pass
-    assert serving["p50_over_floor"] == 1.25 and serving["runs"] == 3 and serving["load"] == [1.0, 1.5]
-    assert serving["rps_16_clients"] == 25.0
+    assert serving["forward_ms"] == 10.0 and serving["floor"]["p50_ms"] == 160.0  # floor app p50 + forward
+    assert serving["floor"]["rps"] == 50.0 and serving["runs"] == 3 and serving["date"] == "2026-12-05"
+    assert serving["classify"] == {"p50_ms": 200.0, "p50_over_floor": 1.25, "rps": 25.0, "rps_over_floor": 0.5,
+                                   "server_cpu_ms": 20.0}
+    assert serving["predict"]["p50_over_floor"] == 1.875 and serving["predict"]["rps_over_floor"] == 0.25
     card = (bundle / "README.md").read_text()
-    assert "p50 200 ms against a floor of 160 ms (1.25x" in card
+    assert "| `/classify` (the page: label, check, heatmap grid) | 200 | 1.25 | 25.0 | 0.50 | 20.0 |" in card
+    assert "load average 0.5 at the start and up to 3.0" in card and "(10.0 ms)" in card
+    # metadata.json is covered by no sha256: the bundle still verifies
+    from lungclf.bundle import verify
+
+    verify(str(bundle))

@@ -190,13 +190,33 @@ def _measured(meta):
                    f"forward pass {ms['forward']:.1f} ms; with the maps {ms['explain']:.1f} ms "
                    f"({x['explain']:.2f}x); with the wrong-input check {ms['+ check']:.1f} ms ({x['+ check']:.2f}x); "
                    f"with the picture over a 224 px image {ms['+ overlay']:.1f} ms ({x['+ overlay']:.2f}x).")
+    text = " ".join(out)
     if s:
-        out.append(f"Served by the app with all of it on (`{s['command']}`, median of {s['runs']} runs, load "
-                   f"{s['load'][0]}-{s['load'][-1]}): p50 {s['p50_ms']:.0f} ms against a floor of "
-                   f"{s['floor_ms']:.0f} ms ({s['p50_over_floor']:.2f}x; the floor is the same page answering "
-                   f"constants, plus the bare forward pass); {s['rps_16_clients']:.1f} requests/s with 16 "
-                   f"clients (floor app: {s['floor_rps_16_clients']:.1f}).")
-    return " ".join(out)
+        text += "\n\n" + _serving(s)
+    return text
+
+
+def _serving(s):
+    """measured.serving (scripts/benchmark_serving.py --record): the app's speed against a floor
+    app that answers one constant label, as a sentence and a table."""
+    load, floor, clients = s["load"], s["floor"], s["clients"]
+    sentence = (f"**Speed.** Served by the app, {s['date']} (`{s['command']}`; medians of {s['runs']} fresh "
+                f"servers, {s['cores']} CPU cores shared with other work, load average {load['start']:.1f} at the "
+                f"start and up to {load['max']:.1f} while running). One client's p50 is compared with the floor "
+                f"app's p50 plus this model's bare forward pass ({s['forward_ms']:.1f} ms); {clients} clients' "
+                "requests/s with the floor app's.")
+    header = (f"| endpoint | p50 ms, 1 client | p50 / floor | req/s, {clients} clients | req/s / floor "
+              "| server CPU ms per request |")
+    rows = [f"| floor (the same page answering one constant label) | {floor['p50_ms']:.0f} | 1 | "
+            f"{floor['rps']:.1f} | 1 | {floor['server_cpu_ms']:.1f} |"]
+    names = {"classify": "`/classify` (the page: label, check, heatmap grid)",
+             "predict": "`/predict` (the API: also the heatmap picture, fetched)"}
+    for key, name in names.items():
+        if key in s:
+            e = s[key]
+            rows.append(f"| {name} | {e['p50_ms']:.0f} | {e['p50_over_floor']:.2f} | {e['rps']:.1f} | "
+                        f"{e['rps_over_floor']:.2f} | {e['server_cpu_ms']:.1f} |")
+    return "\n".join([sentence, "", header, "| --- | --- | --- | --- | --- | --- |", *rows])
 
 
 def _series_text(meta):
