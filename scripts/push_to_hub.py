@@ -21,9 +21,14 @@ What it does, in order, stopping with a clear message at the first problem:
 BUNDLE_DIR itself is only read: publishing leaves every file in it byte-identical, so a
 committed bundle (models/*/) is not changed by publishing it.
 
+upload_folder stores what the Hub will not keep in git (binary files over 1 MB, any file
+over 10 MB: model.keras, wrong_input.npz, the figures and examples) with Xet, or with Git
+LFS when hf_xet is not installed or HF_HUB_DISABLE_XET=1.
+
 The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
-HF_ENDPOINT selects another Hub (the tests use tests/local_hub.py). Then serve it with
-`MODEL_REPO=OWNER/NAME@TAG python app.py`.
+HF_ENDPOINT selects another Hub (the tests use tests/local_hub.py, which speaks Git LFS
+only: HF_HUB_DISABLE_XET=1). Then serve it with `MODEL_REPO=OWNER/NAME@TAG python app.py`.
+To put the whole app, with the committed bundles, on a Space: scripts/push_space.py.
 """
 
 import argparse
