@@ -21,9 +21,9 @@ What it does, in order, stopping with a clear message at the first problem:
 BUNDLE_DIR itself is only read: publishing leaves every file in it byte-identical, so a
 committed bundle (models/*/) is not changed by publishing it.
 
-upload_folder stores what the Hub will not keep in git (binary files over 1 MB, any file
-over 10 MB: model.keras, wrong_input.npz, the figures and examples) with Xet, or with Git
-LFS when hf_xet is not installed or HF_HUB_DISABLE_XET=1.
+upload_folder asks the Hub which files it stores outside git (at least any binary file over
+1 MB and any file over 10 MB, which it refuses in git) and sends those with Xet, or with
+Git LFS when hf_xet is not installed or HF_HUB_DISABLE_XET=1.
 
 The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
 HF_ENDPOINT selects another Hub (the tests use tests/local_hub.py, which speaks Git LFS
