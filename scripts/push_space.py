@@ -27,10 +27,11 @@ upload. In order, stopping with a clear message at the first problem:
   3. uploads the staging folder (upload_folder), deleting from the Space every file that is
      no longer in the list, so the Space holds exactly these files.
 
-The upload API stores what the Hub will not keep in git (binary files over 1 MB, any file
-over 10 MB: here the model.keras and wrong_input.npz files) with Xet, or with Git LFS when
-hf_xet is not installed or HF_HUB_DISABLE_XET=1. A plain `git push` of this repository to a
-Space is refused, since this repository keeps its model files as ordinary git files.
+The upload API asks the Hub which files it stores outside git (at least any binary file
+over 1 MB and any file over 10 MB, which it refuses in git: here the model.keras files and
+the CT models' wrong_input.npz) and sends those with Xet, or with Git LFS when hf_xet is not
+installed or HF_HUB_DISABLE_XET=1. A plain `git push` of this repository to a Space is
+refused, since this repository keeps its model files as ordinary git files.
 
 Creating a Gradio Space needs a paid plan on the Hub (PRO for a personal account;
 docs/publishing.md says what the Hub's docs say and when they were read); for an account
