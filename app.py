@@ -383,13 +383,13 @@ def is_ct(served):
     return served.bundle.meta.task.modality.upper() == "CT"
 
 
-def table(rows):
+def shown_table(rows):
     """The rows for the page's table: the values clients read (docs/batch.md), shown with
     the confidence as a percentage (as the one-image page shows it) and "ok" where the
     wrong-input check passed."""
     import pandas as pd
 
-    frame = pd.DataFrame([r.values() for r in rows], columns=batch.COLUMNS)
+    frame = pd.DataFrame([r.values() for r in rows], columns=batch.COLUMNS, dtype=object)  # None stays None
     passed = frame["error"].eq("") & frame["wrong_input"].eq("")
     return frame.style.format({"confidence": lambda v: "" if pd.isna(v) else f"{v:.1%}",
                                "wrong_input_score": lambda v: "" if pd.isna(v) else f"{v:.1f}"}) \
@@ -443,7 +443,7 @@ def build_batch_tabs(bundles, first_model):
             score, or the message that refused it) and the same table as a CSV file.
         """
         rows = classify_files(files, model, progress)
-        return table(rows), csv_file(rows, "predictions")
+        return shown_table(rows), csv_file(rows, "predictions")
 
     def predict_series(files, model=None, progress=gr.Progress()):
         """Classify the slices of one CT scan, and the scan as a whole.
@@ -457,7 +457,7 @@ def build_batch_tabs(bundles, first_model):
         """
         rows = classify_files(files, model, progress, series=True)
         answer = batch.aggregate(rows)
-        return answer.probabilities, answer.text(), table(rows), csv_file(rows, "slices")
+        return answer.probabilities, answer.text(), shown_table(rows), csv_file(rows, "slices")
 
     common = dict(concurrency_limit=BATCH_CONCURRENCY_LIMIT, concurrency_id="batch")
     with gr.Tab("Many images"):
