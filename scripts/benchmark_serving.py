@@ -232,9 +232,29 @@ class LoadSampler:
         return {"start": round(v[0], 2), "end": round(v[-1], 2), "min": round(min(v), 2), "max": round(max(v), 2)}
 
 
-def measure(name, cmd, env, image, args):
+class Killed(RuntimeError):
+    """The server process died from a signal while it was being measured."""
+
+
+def measure(name, cmd, env, image, args, tries=3):
+    """One fresh server of app `name`: its row of figures. A server killed from outside (by a
+    signal, as other work on a shared machine may do) is started again, up to `tries` times."""
+    for _ in range(tries - 1):
+        try:
+            return measure_once(name, cmd, env, image, args)
+        except Killed as e:
+            print(f"  {name}: {e}; starting another", flush=True)
+    return measure_once(name, cmd, env, image, args)
+
+
+def measure_once(name, cmd, env, image, args):
     endpoint = ENDPOINT[name]
     server = AppServer(env, cmd, wait=False)
+
+    def check_alive():
+        if server.proc.poll() is not None and server.proc.returncode < 0:
+            raise Killed(f"the server was killed by signal {-server.proc.returncode}")
+
     try:
         row = {"cold_start_s": server.first_answer(image, api_name="/" + endpoint)}
         lat = latencies(server.url, image, args.requests, endpoint)
@@ -246,6 +266,10 @@ def measure(name, cmd, env, image, args):
         row["rps"] = rps
         row["p95_concurrent_ms"] = 1000 * np.percentile(lat16, 95)
         row["peak_mb"] = server.memory_mb("VmHWM")
+        check_alive()
+    except Exception:
+        check_alive()
+        raise
     finally:
         server.stop()
     print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
