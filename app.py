@@ -298,7 +298,8 @@ def single_image_page(bundles):
         with gr.Column(scale=1, min_width=300):
             image = gr.Image(type="filepath", label="Lung image (histopathology tile or CT slice)",
                              sources=["upload", "clipboard"], height=320)
-            model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
+            model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1,
+                                elem_id="one-image-model")
             button = gr.Button("Classify", variant="primary")
             example_sets = page_examples(bundles, image)
         with gr.Column(scale=1, min_width=300):
@@ -318,9 +319,8 @@ def single_image_page(bundles):
     gr.Button(visible=False).click(predict, [image, model], [label, check, picture, check_text, cam],
                                    api_name="predict", api_description=API_DESCRIPTION, preprocess=False)
     # Drawn in the browser: a new grid, a new opacity, or the image cleared.
-    for trigger in (cam.change, opacity.input, image.clear):
+    for trigger in (cam.change, opacity.change, image.clear):
         trigger(None, [cam, image, opacity], None, js=DRAW_JS, queue=False)
-    image.upload(lambda: None, None, cam, api_name=False, queue=False)  # the old map goes at once
 
     # An example: classified by its own model as soon as it is loaded, its true class beside
     # the answer (each bundle's metadata.json lists its examples' labels).
@@ -464,7 +464,8 @@ def build_batch_tabs(bundles, first_model):
         gr.Markdown(BATCH_TEXT)
         files = gr.File(file_count="multiple", label="Images, DICOM slices or .zip files",
                         elem_id="batch-files")
-        model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1)
+        model = gr.Dropdown(choices, value=names[0], label="Model", visible=len(names) > 1,
+                            elem_id="batch-model")
         go = gr.Button("Classify all", variant="primary")
         table = gr.Dataframe(headers=batch.COLUMNS, label="Results", interactive=False, wrap=True,
                              elem_id="batch-table")

@@ -1,17 +1,23 @@
-"""The wrong-input warning and the heatmap in a real browser (headless Chromium, Playwright).
+"""The wrong-input warning, the heatmap and the examples in a real browser (headless
+Chromium, Playwright).
 
 The page as a visitor sees it, with the committed models: a wrong input shows the warning
 in words beside the label and the heatmap; a click on one of the committed examples (real
-held-out tiles) shows a label, the heatmap and no warning; the opacity slider re-blends.
+held-out tiles) shows its true class beside the label, the heatmap and no warning; the
+browser draws the heatmap as Python draws it (lungclf/overlay.js against
+lungclf.heatmap.overlay) and the opacity slider re-blends it without a request; a model
+switch leaves nothing of the old model's answer and shows the new model's examples.
 The README's screenshots are taken here; to rewrite docs/screenshot.png (an example) and
 docs/screenshot-warning.png (a wrong input):
 
     UPDATE_DOCS=1 python -m pytest tests/test_browser_explain.py -m slow
 """
 
+import base64
 import os
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -25,10 +31,31 @@ def notice(page):
     return page.locator("#wrong-input-notice")
 
 
-def heatmap_src(page):
-    img = page.locator("#heatmap img")
-    img.wait_for()
-    return img.get_attribute("src")
+def heatmap_drawn(page):
+    """Wait until the browser has drawn the heatmap; its pixels (H, W, 3) uint8."""
+    page.wait_for_function("document.querySelector('#heatmap-canvas')?.dataset.state === 'drawn'")
+    return canvas_pixels(page)
+
+
+def canvas_pixels(page):
+    w, h, b64 = page.evaluate("""() => {
+        const c = document.querySelector('#heatmap-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = ''; for (let i = 0; i < d.length; i++) s += String.fromCharCode(d[i]);
+        return [c.width, c.height, btoa(s)];
+    }""")
+    return np.frombuffer(base64.b64decode(b64), np.uint8).reshape(h, w, 4)[:, :, :3]
+
+
+def answer_cleared(page):
+    """Nothing of an answer on the page: no label, no check in words, no heatmap."""
+    return (page.get_by_test_id("label-output-value").count() == 0 and notice(page).inner_text().strip() == ""
+            and page.evaluate("document.querySelector('#heatmap-canvas').dataset.state") == "empty")
+
+
+def choose_model(page, name):
+    page.locator("#one-image-model input").click()
+    page.get_by_role("option", name=name).click()
 
 
 def save_doc(page, tmp_path, name):
@@ -57,26 +84,76 @@ def test_wrong_input_shows_the_warning_beside_the_label_and_a_heatmap(default_se
     drop_file(page, open_app(page, default_server.url), path, "image/jpeg")
     shown_label(page)
     notice(page).filter(has_text=WARNING).wait_for()
-    assert "limit" in notice(page).inner_text()  # score and threshold for those who want them
-    assert heatmap_src(page)
+    assert "flagged" in notice(page).inner_text()  # score and limit, in words, for those who want them
+    assert heatmap_drawn(page).size
     label_box = page.get_by_test_id("label").bounding_box()
     notice_box = notice(page).bounding_box()
     assert abs(notice_box["x"] - label_box["x"]) < 40  # in the label's column, just above it
     save_doc(page, tmp_path, "screenshot-warning.png")
 
 
-def test_clicking_an_example_shows_a_label_a_heatmap_and_no_warning(default_server, page, tmp_path):
+def test_clicking_an_example_shows_its_true_class_a_label_a_heatmap_and_no_warning(default_server, page,
+                                                                                   tmp_path):
     open_app(page, default_server.url)
-    first_example = page.locator("#examples img").first  # an lc25000 test-split tile
+    first_example = page.locator("#examples-lc25000 img").first  # an lc25000 test-split tile
     first_example.wait_for()
     first_example.click()
-    assert shown_label(page)
-    first = heatmap_src(page)
+    label = shown_label(page)
+    heatmap_drawn(page)
     notice(page).filter(has_text="Looks like the histopathology tiles").wait_for()
-    assert "not reliable" not in notice(page).inner_text()
+    words = notice(page).inner_text()
+    assert "not reliable" not in words
+    assert "This example's true class: Adenocarcinoma (lung)." in words  # lung_aca_1.jpeg
+    assert ("The model's answer is right" in words) == (label == "Adenocarcinoma (lung)")
     save_doc(page, tmp_path, "screenshot.png")
-    # The opacity slider re-blends the same map over the image: a new picture, same label.
+
+
+def test_the_browser_draws_the_heatmap_as_python_does(default_server, page):
+    from lungclf.bundle import load
+    from lungclf.heatmap import overlay
+    from lungclf.inference import Classifier
+
+    example = os.path.join(ROOT, "models", "lc25000", "examples", "lung_scc_3.jpeg")
+    answer = Classifier(load(os.path.join(ROOT, "models", "lc25000"))).analyse(example)
+    expected = overlay(answer.rgb, answer.cam, 0.5)
+    open_app(page, default_server.url)
+    page.locator("#examples-lc25000 img").nth(4).click()  # sorted by name: lung_scc_3.jpeg
+    shown_label(page)
+    drawn = heatmap_drawn(page)
+    assert drawn.shape == expected.shape
+    diff = np.abs(drawn.astype(int) - expected.astype(int))
+    # The browser's JPEG decoder and the map's rounding differ from OpenCV's by a level or two.
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+
+
+def test_opacity_slider_redraws_the_heatmap_in_the_browser_without_a_request(default_server, page):
+    open_app(page, default_server.url)
+    page.locator("#examples-lc25000 img").first.click()
+    shown_label(page)
+    half = heatmap_drawn(page)
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if "/gradio_api/" in r.url else None)
     slider = page.locator("input[type=range]").first
     slider.fill("1")
-    slider.dispatch_event("change")
-    page.wait_for_function(f"() => document.querySelector('#heatmap img')?.src !== {first!r}")
+    slider.dispatch_event("input")
+    page.wait_for_function("""(before) => {
+        const c = document.querySelector('#heatmap-canvas');
+        return c.getContext('2d').getImageData(0, 0, 1, 1).data.join() !== before; }""",
+                           arg=",".join(map(str, [*half[0, 0], 255])))
+    assert not np.array_equal(canvas_pixels(page), half) and requests == []
+
+
+def test_switching_the_model_clears_the_answer_and_shows_that_models_examples(default_server, page):
+    open_app(page, default_server.url)
+    page.locator("#examples-lc25000 img").first.click()
+    shown_label(page)
+    heatmap_drawn(page)
+    choose_model(page, "chest_ct")
+    page.wait_for_function("document.querySelector('#heatmap-canvas').dataset.state === 'empty'")
+    page.get_by_test_id("label-output-value").wait_for(state="detached")
+    assert answer_cleared(page)
+    assert page.locator("#examples-lc25000").is_hidden()
+    assert page.locator("#examples-chest_ct img").count() == 6  # all of them, no paging
+    page.locator("#examples-chest_ct img").first.click()  # the new model's example, its answer
+    shown_label(page)
+    notice(page).filter(has_text="This example's true class: Adenocarcinoma.").wait_for()
