@@ -199,7 +199,7 @@ def notice(verdict, modality):
                 f"<small>Check that failed: {verdict.check}. {numbers} "
                 "The label below is what the model would say, shown only for teaching.</small>")
     if verdict.check == "none":
-        return "<small>This model has no wrong-input check: it answers for any image.</small>"
+        return f"<small>{verdict.message}</small>"
     return f"<small>✓ Looks like the {kind} this model was trained on. {numbers}</small>"
 
 

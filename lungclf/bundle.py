@@ -164,10 +164,16 @@ def _read_json(folder, name, spec):
         raise BundleError(f"{spec}: {name} is unreadable ({type(e).__name__})") from None
 
 
+INCOMPLETE = "INCOMPLETE"  # training writes a bundle with this file in it and removes it last
+
+
 def verify(folder, spec=None):
     """Check a bundle folder without loading the model: files, every metadata field the app
     reads (lungclf.schema), classes, sha256 of model.keras. Returns (Metadata, Classes)."""
     spec = spec or folder
+    if os.path.exists(os.path.join(folder, INCOMPLETE)):
+        raise BundleError(f"{spec}: training did not finish writing this bundle (it holds the file "
+                          f"{INCOMPLETE}; its wrong-input check or other parts may be missing)")
     missing = [f for f in FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise BundleError(f"{spec}: not a model bundle, missing {', '.join(missing)}")

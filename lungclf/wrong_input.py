@@ -211,6 +211,11 @@ class Reference:
                    modality=modality, quantile=spec.quantile)
 
 
+NO_CHECK = ("This model has no wrong-input check: it answers for any image, so its label means "
+            "nothing for an image unlike its training images.")
+
+
 def no_check(x):
-    """Verdicts for a bundle without a reference: nothing flagged, and it says so."""
-    return [Verdict(False, "none", None, None, float(c), "") for c in colourfulness(x)]
+    """Verdicts for a bundle without a reference (trained elsewhere, or an older schema):
+    nothing flagged, and its message says there is no check."""
+    return [Verdict(False, "none", None, None, float(c), NO_CHECK) for c in colourfulness(x)]

@@ -156,3 +156,28 @@ def test_a_group_file_used_in_training_is_recorded_in_the_bundle(patients, tmp_p
     assert recorded["sha256"] == hashlib.sha256(open(groups, "rb").read()).hexdigest()
     assert recorded["groups_merged"] == 5 and recorded["paths_unknown"] == 0
     assert "a group file" in meta["audit"]["method"]
+
+
+def test_a_failed_wrong_input_fit_exits_non_zero_and_leaves_no_bundle(tiny_bundle, tmp_path, monkeypatch):
+    from lungclf.bundle import BundleError, load
+    from training import steps
+    from training.train import main
+
+    def fails(*args, **kwargs):
+        raise MemoryError("out of memory while decoding the validation split")
+
+    monkeypatch.setattr(steps, "fit_wrong_input", fails)
+    out = tmp_path / "tiny"
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", tiny_bundle["data"], "--out", str(out), "--image-size", "32", "--width", "8",
+              "--epochs", "1", "--batch-size", "8", "--verbose", "0"])
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "MemoryError" in message and f"no bundle written to {out}" in message
+    assert not out.exists()
+    with pytest.raises(BundleError, match="training did not finish writing this bundle"):
+        load(str(tmp_path / "tiny.incomplete"))  # what was written is kept, and never served
+
+
+def test_a_finished_run_leaves_no_unfinished_folder_behind(tiny_bundle):
+    assert not os.path.exists(tiny_bundle["out"] + ".incomplete")
+    assert not os.path.exists(os.path.join(tiny_bundle["out"], "INCOMPLETE"))

@@ -228,3 +228,19 @@ curl -sN "{url}/gradio_api/call/predict/$id"
     assert label_id(label["label"]) in ("red", "green", "blue")
     assert check["wrong_input"] is True and WARNING in check["message"]
     assert heatmap["url"].endswith(".jpeg") or heatmap["url"].endswith(".jpg")
+
+
+@pytest.mark.slow
+def test_a_bundle_without_a_check_is_served_and_every_answer_says_it_has_none(tiny_bundle, tmp_path):
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
+    from lungclf.wrong_input import NO_CHECK
+
+    old = tmp_path / "older"  # as a bundle trained elsewhere, or before the check existed
+    shutil.copytree(tiny_bundle["out"], old)
+    meta = json.loads((old / "metadata.json").read_text())
+    os.remove(old / meta.pop("wrong_input")["file"])
+    (old / "metadata.json").write_text(json.dumps(meta))
+    blob_image("blue", 3).save(tmp_path / "blue.png")
+    verdict = Classifier(load(str(old))).analyse(str(tmp_path / "blue.png")).verdict.as_dict()
+    assert verdict["check"] == "none" and not verdict["wrong_input"] and verdict["message"] == NO_CHECK

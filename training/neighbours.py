@@ -139,7 +139,6 @@ def candidates(colour, layout, k, method=None):
 
     colour: (n, d) histograms; layout: (n, h, w) zero-mean unit-norm thumbnails."""
     method = method or default_method()
-    n = len(colour)
     colour = np.asarray(colour, np.float32)
     colour = unit_rows(colour - colour.mean(0))
     layout = np.asarray(layout, np.float32)

@@ -21,9 +21,11 @@
 Library functions: they raise training.errors types, never exit.
 """
 
+import contextlib
 import dataclasses
 import os
 import platform
+import shutil
 import tempfile
 
 import numpy as np
@@ -344,6 +346,34 @@ def hardware():
     gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
             for g in tf.config.list_physical_devices("GPU")]
     return text + (f"; GPU: {', '.join(gpus)}" if gpus else "; no GPU")
+
+
+@contextlib.contextmanager
+def staged(out):
+    """Write a bundle into OUT.incomplete, marked with lungclf.bundle.INCOMPLETE (which the
+    app refuses to load); only when the block ends without an error is the mark removed and
+    the folder moved to OUT, replacing what was there. On an error OUT is left as it was and
+    the error says where the unfinished bundle is, so no run that failed (the wrong-input
+    fit included) leaves a bundle that looks finished. A run killed outright leaves the mark."""
+    from lungclf.bundle import INCOMPLETE
+
+    out = os.path.normpath(out)
+    stage = out + ".incomplete"
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    marker = os.path.join(stage, INCOMPLETE)
+    with open(marker, "w") as f:
+        f.write(f"Training did not finish writing this bundle for {out}; do not serve it.\n")
+    try:
+        yield stage
+    except Exception as e:
+        where = f"no bundle written to {out}; the unfinished one is in {stage}"
+        if isinstance(e, TrainingError):
+            raise type(e)(f"{e} ({where})") from e
+        raise TrainingError(f"the bundle could not be finished: {type(e).__name__}: {e} ({where})") from e
+    os.remove(marker)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(stage, out)
 
 
 def write_bundle(out, model, prepared, results, history, config, *, recipe, pre, command="", seconds=0.0,

@@ -110,7 +110,9 @@ def train(recipe, out, args, argv=()):
     if recipe.method == "frozen":
         from training import frozen
 
-        return frozen.train(recipe, out, prepared, pre, config, command=command)
+        with steps.staged(out) as stage:
+            meta = frozen.train(recipe, stage, prepared, pre, config, command=command)
+        return meta
 
     t_cv = time.time()
     cv = steps.cross_validate(prepared, config, recipe.folds, recipe.val_fraction) if recipe.folds else None
@@ -144,10 +146,11 @@ def train(recipe, out, args, argv=()):
     if baseline:
         steps.print_against_baseline(results.test["macro_f1"], baseline)
 
-    meta = steps.write_bundle(out, model, prepared, results, history, config, recipe=recipe, pre=pre,
-                              seconds=seconds, cross_validation=cv, distributed=job, command=command,
-                              baseline=baseline)
-    meta = steps.fit_wrong_input(out, model, prepared, recipe)
+    with steps.staged(out) as stage:  # no bundle at `out` unless every part of it, the check included, is there
+        steps.write_bundle(stage, model, prepared, results, history, config, recipe=recipe, pre=pre,
+                           seconds=seconds, cross_validation=cv, distributed=job, command=command,
+                           baseline=baseline)
+        meta = steps.fit_wrong_input(stage, model, prepared, recipe)
     if run:
         run.finish(meta, out)
     print(f"wrote bundle {out} ({meta['model']['bytes'] / 1e6:.1f} MB model) in {seconds / 60:.1f} min")
