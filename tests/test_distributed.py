@@ -80,3 +80,51 @@ def test_the_app_serves_the_bundle_trained_on_two_processes(two_process_run, tmp
 def test_options_that_cannot_make_a_job_are_refused_in_one_line(options, message):
     with pytest.raises(TrainingError, match=message):
         check_options(*options)
+
+
+@pytest.mark.slow
+def test_a_worker_that_stops_answering_is_named_and_the_job_ends(tmp_path):
+    import signal
+    import time
+
+    data = make_dataset(str(tmp_path / "data"), per_class=16)
+    cmd = [sys.executable, "-m", "training.train", "--data", data, "--out", str(tmp_path / "bundle"),
+           "--processes", "2", "--epochs", "500", "--patience", "500", "--image-size", "32", "--width", "8",
+           "--batch-size", "8", "--verbose", "0", "--worker-timeout", "600"]
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in run.stdout:
+        lines.append(line)
+        if "job folder " in line:
+            break
+    job = lines[-1].rsplit("job folder ", 1)[1].strip()
+    steps = os.path.join(job, "step-1")
+    deadline = time.time() + 300
+    while not (os.path.exists(steps) and os.path.getmtime(steps) > os.path.getctime(os.path.join(job, "job.json")) + 1):
+        if run.poll() is not None or time.time() > deadline:
+            run.kill()
+            pytest.fail("".join(lines) + run.communicate()[0])
+        time.sleep(0.5)  # worker 1 has finished training steps
+    pid = int(subprocess.run(["pgrep", "-f", "--", f"--job {job} --process-id 1"], capture_output=True,
+                             text=True).stdout.split()[0])
+    os.kill(pid, signal.SIGSTOP)  # it stops answering, as a hung or swapped-out machine does
+    out = "".join(lines) + run.communicate(timeout=300)[0]
+    assert run.returncode != 0
+    assert "worker 1 stopped answering (no sign of life for 60 s), so every worker was ended" in out
+    assert subprocess.run(["pgrep", "-f", "--", f"--job {job}"], capture_output=True).returncode == 1  # none left
+    assert not os.path.exists(tmp_path / "bundle")
+
+
+def test_workers_alive_but_finishing_no_step_are_ended_after_the_bound(tmp_path):
+    import time
+
+    from training.distributed import _wait, beat
+
+    workers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]  # running, never stepping
+    beats = [(str(tmp_path / f"step-{i}"), str(tmp_path / f"alive-{i}")) for i in range(2)]
+    for _, alive in beats:
+        beat(alive)
+    t0 = time.time()
+    assert _wait(workers, beats=beats, silence=1.0) == (0, "stuck")
+    assert time.time() - t0 < 20 and all(w.poll() is not None for w in workers)  # both ended

@@ -21,6 +21,15 @@ collective. The parent process (TensorFlow backend, as the app) does everything 
 audit and split before, then loads the weights that worker 0 saved, calibrates, evaluates
 and writes the bundle, so the bundle is the same Keras 3 file the app serves.
 
+A worker that stops answering cannot hang the job. Each worker touches alive-<i> in the job
+folder every 2 s from a thread of its own, and step-<i> when it starts and after every
+training step. The parent ends every worker, naming the one at fault, when a worker shows
+no sign of life for 60 s (stopped, swapped out, or stuck holding Python's lock), or when a
+worker has finished no step for --worker-timeout seconds (default 600: a first step's
+compilation on a slow CPU fits well within it) although all are alive (waiting on each
+other). Across machines the parent sees only its own worker; another machine's hang shows
+as its worker finishing no step, since a step is a collective.
+
 Each worker writes worker-<i>.json into the job folder: the images it decoded (how many,
 how many distinct, a hash of their paths), and a sha256 of its final weights, which must
 be the same for every worker.
@@ -38,6 +47,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from types import SimpleNamespace
@@ -48,6 +58,43 @@ from training.errors import TrainingError, WorkerError
 
 WEIGHTS = "final_weights.npz"  # model.get_weights() in order, written by worker 0
 HISTORY = "history.json"
+WORKER_TIMEOUT = 600  # seconds without a finished step before the job is ended
+ALIVE_EVERY, ALIVE_STALE = 2, 60  # a worker's thread beats this often; silent this long, it is not answering
+
+
+def step_file(job, process_id):
+    return os.path.join(job, f"step-{process_id}")
+
+
+def alive_file(job, process_id):
+    return os.path.join(job, f"alive-{process_id}")
+
+
+def beat(path):
+    """Mark a sign of life: the file's modification time is now."""
+    with open(path, "a"):
+        os.utime(path)
+
+
+def keep_beating(path):
+    """A daemon thread that beats `path` every ALIVE_EVERY seconds while the process runs."""
+    def loop():
+        while True:
+            beat(path)
+            time.sleep(ALIVE_EVERY)
+
+    threading.Thread(target=loop, daemon=True, name="alive").start()
+
+
+def heartbeat_callback(path):
+    """A Keras callback that beats after every training step."""
+    import keras
+
+    class Heartbeat(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            beat(path)
+
+    return Heartbeat()
 
 
 def free_port():
@@ -81,7 +128,7 @@ def weights_sha256(weights):
 
 
 def fit(prepared, config, processes, coordinator=None, process_id=None, cache=None, timeout=None,
-        callbacks_wanted=False):
+        callbacks_wanted=False, worker_timeout=WORKER_TIMEOUT):
     """Train with `processes` JAX workers -> (model on this process's backend with the trained
     weights, history) on process 0; (None, None) on the other processes of a multi-machine job.
 
@@ -105,9 +152,16 @@ def fit(prepared, config, processes, coordinator=None, process_id=None, cache=No
     print(f"starting {len(ids)} of {processes} JAX worker processes (coordinator {coordinator}); job folder {job}")
     workers = [subprocess.Popen([sys.executable, "-m", "training.distributed", "--job", job,
                                  "--process-id", str(i)], env=env) for i in ids]
-    failed = _wait(workers, timeout)
+    failed = _wait(workers, timeout, [(step_file(job, i), alive_file(job, i)) for i in ids], worker_timeout)
+    if failed and failed[1] == "silent":
+        raise WorkerError(f"distributed training stopped: worker {ids[failed[0]]} stopped answering (no sign "
+                          f"of life for {ALIVE_STALE} s), so every worker was ended (job folder {job})")
+    if failed and failed[1] == "stuck":
+        raise WorkerError(f"distributed training stopped: no training step finished for {worker_timeout:.0f} s "
+                          f"(--worker-timeout) although every worker is running (waiting on each other, or on "
+                          f"another machine's worker), so every worker was ended (job folder {job})")
     if failed:
-        raise WorkerError(f"distributed training failed: worker {failed[0]} exited with code {failed[1]} "
+        raise WorkerError(f"distributed training failed: worker {ids[failed[0]]} exited with code {failed[1]} "
                           f"(its log is above; job folder {job})")
     records = [json.load(open(os.path.join(job, f"worker-{i}.json"))) for i in ids]
     for r in records:
@@ -130,12 +184,22 @@ def fit(prepared, config, processes, coordinator=None, process_id=None, cache=No
     return model, history
 
 
-def _wait(workers, timeout=None):
-    """Wait for all; when one fails, stop the others -> (index, code) of the first failure."""
+def _wait(workers, timeout=None, beats=None, silence=WORKER_TIMEOUT):
+    """Wait for all; stop them all when one fails -> (its index, exit code), when one shows no
+    sign of life for ALIVE_STALE seconds -> (its index, "silent"), or when one has finished no
+    step for `silence` seconds -> (its index, "stuck"); `beats`: (step file, alive file) per worker."""
     t0 = time.time()
+
+    def quiet(path):
+        return time.time() - (os.path.getmtime(path) if os.path.exists(path) else t0)
+
     while True:
         codes = [w.poll() for w in workers]
         bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        running = [i for i, c in enumerate(codes) if c is None]
+        if not bad and beats:
+            bad = ([(i, "silent") for i in running if quiet(beats[i][1]) > ALIVE_STALE]
+                   or [(i, "stuck") for i in running if quiet(beats[i][0]) > silence])
         late = timeout and time.time() - t0 > timeout
         if bad or late:
             for w in workers:
@@ -156,6 +220,9 @@ def worker(job, process_id):
     """One process of the job (KERAS_BACKEND=jax): join, train on its share, record."""
     with open(os.path.join(job, "job.json")) as f:
         spec = json.load(f)
+    pulse = step_file(job, process_id)
+    beat(pulse)
+    keep_beating(alive_file(job, process_id))
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
@@ -180,7 +247,7 @@ def worker(job, process_id):
         config = dataclasses.replace(config, verbose=0)  # one progress bar: process 0's
     seen = stream.Seen()
     data = stream.fit_datasets(prepared, config, shard=(n, process_id), cache=spec["cache"], seen=seen)
-    model, history = fit(prepared, config, data=data)
+    model, history = fit(prepared, config, [heartbeat_callback(pulse)], data=data)
     share = stream.files(prepared, "train").shard(n, process_id).paths
     weights = [np.asarray(w) for w in model.get_weights()]
     record = {"process_id": process_id, "processes": n, "devices": [str(d) for d in jax.local_devices()],

@@ -58,6 +58,9 @@ def parse_args(argv=None):
     scale.add_argument("--processes", type=int, default=1, metavar="N",
                        help="train with N JAX worker processes, Keras 3's distribution API "
                        "(training/distributed.py; needs requirements-scale.txt; implies --stream)")
+    scale.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                       help="with --processes: end the job, naming the worker, when a worker finishes no "
+                       "training step for this long (default 600)")
     scale.add_argument("--coordinator", metavar="HOST:PORT",
                        help="run one worker of a job across machines: process 0's address (with "
                        "--process-id and --processes)")
@@ -128,7 +131,8 @@ def train(recipe, out, args, argv=()):
         from training import distributed
 
         model, history = distributed.fit(prepared, config, args.processes, args.coordinator, args.process_id,
-                                         cache=args.cache, callbacks_wanted=bool(callbacks))
+                                         cache=args.cache, callbacks_wanted=bool(callbacks),
+                                         worker_timeout=args.worker_timeout or distributed.WORKER_TIMEOUT)
         if model is None:
             print(f"worker {args.process_id} done; process 0 writes the bundle")
             return None
