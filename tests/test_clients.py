@@ -103,7 +103,7 @@ def test_readme_python_snippet_prints_the_label_of_a_direct_model_call(default_s
     script.write_text(snippet.replace("http://127.0.0.1:7860/", default_server.url))
     p = run([sys.executable, str(script)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    label = p.stdout.strip().splitlines()[-1].split(" [{")[0]  # after gradio_client's "Loaded as API" line
+    label = next(line for line in p.stdout.splitlines() if " [{" in line).split(" [{")[0]  # the label line
     assert label_id(label) == top(committed_model_predict(str(tmp_path / "tile.jpeg")))
 
 
