@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements-dev.txt
 # Training at scale (JAX for --processes N, faiss for the audit's index): ~110 MB of wheels,
-# ~450 MB installed, ~25 s here.
+# ~450 MB installed, ~25 s here. Archive prediction (lungclf.predict): Dask and pyarrow,
+# ~200 MB more installed.
 python -m pip install -q -r requirements-scale.txt
 # Debian packages: headless Chromium for the `browser` tests (driven by Playwright, which
 # downloads no browser of its own) and Node.js for the `node` tests (scripts/client.mjs).
