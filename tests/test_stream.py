@@ -91,3 +91,23 @@ def test_streamed_logits_equal_the_forward_pass_on_decoded_arrays(files):
     z, y = logits(model, files, 32, batch_size=7)
     np.testing.assert_allclose(z, predict_logits(model, x), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(y, files.labels)
+
+
+@pytest.mark.slow
+def test_the_wrong_input_fit_reads_streamed_files_as_it_reads_decoded_images(tiny_bundle):
+    import dataclasses
+
+    from lungclf.bundle import load
+    from training import steps
+    from training.recipe import Recipe
+    from training.wrong_input import split_features
+
+    decoded_data = steps.prepare_recipe(Recipe.from_bundle(tiny_bundle["out"]))
+    streamed_data = dataclasses.replace(decoded_data, x=None)  # as --stream leaves it: files only
+    model = load(tiny_bundle["out"]).model
+    for split in ("train", "val", "test"):
+        f, s, y, ok = split_features(model, decoded_data, split)
+        f2, s2, y2, ok2 = split_features(model, streamed_data, split, batch_size=5)  # several batches
+        np.testing.assert_allclose(f2, f, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(s2, s, rtol=1e-6, atol=1e-6)
+        assert (y2 == y).all() and ok2.all() and len(ok2) == len(ok)

@@ -181,3 +181,14 @@ def test_a_failed_wrong_input_fit_exits_non_zero_and_leaves_no_bundle(tiny_bundl
 def test_a_finished_run_leaves_no_unfinished_folder_behind(tiny_bundle):
     assert not os.path.exists(tiny_bundle["out"] + ".incomplete")
     assert not os.path.exists(os.path.join(tiny_bundle["out"], "INCOMPLETE"))
+
+
+@pytest.mark.slow
+def test_a_streamed_run_writes_the_wrong_input_check_without_decoding_the_data_set(tiny_bundle, tmp_path):
+    from training.train import main
+
+    out = str(tmp_path / "streamed")
+    meta = main(["--data", tiny_bundle["data"], "--out", out, "--image-size", "32", "--width", "8",
+                 "--epochs", "2", "--batch-size", "8", "--verbose", "0", "--stream"])
+    assert meta["wrong_input"]["threshold"] > 0 and meta["wrong_input"]["rates"]["test"]["images"] > 0
+    assert load(out).reference is not None  # served with its check

@@ -469,11 +469,6 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
 
 
 def fit_wrong_input(out, model, prepared, recipe, command=None):
-    """The wrong-input check and examples of a finetune bundle (training.wrong_input.fit_bundle)."""
-    if prepared.x is None:  # streamed: the check still needs the images once
-        from training.data import Item, load_images
-
-        items = [Item(p, prepared.labels[c]) for p, c in zip(prepared.paths, prepared.y)]
-        prepared = dataclasses.replace(prepared, x=load_images(prepared.data_dir, items, recipe.image_size,
-                                                                progress=False)[0])
+    """The wrong-input check and examples of a finetune bundle (training.wrong_input.fit_bundle;
+    streamed from the files when the images were not decoded)."""
     return wrong_input.fit_bundle(out, model, prepared, recipe=recipe, command=command)

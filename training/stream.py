@@ -160,6 +160,17 @@ def eval_dataset(files, size, batch_size=64, *, cache=None, repeat=False, drop_r
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def read_batches(files, size, batch_size=64):
+    """(x uint8 (n, size, size, 3), labels, readable flags) batches of `files` in file order,
+    decoded in parallel threads; an unreadable file stays in its batch as zeros, flagged
+    False, so rows keep their files' order."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((list(files.paths), files.labels))
+    ds = ds.map(_decoder(files.root, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
 def logits(model, files, size, views=None, batch_size=64):
     """(logits, labels) of `model` on `files`, streamed in file order (unreadable files are
     left out, so the labels come back too); with `views`, averaged over those test-time

@@ -220,18 +220,48 @@ def write_examples(bundle, data_root, paths, labels, ok, n=6, seed=0):
     return rows
 
 
+def split_features(model, data, split, batch_size=64):
+    """(features, pixel statistics, labels, readable) of one split of `data` (a
+    training.datatypes.Prepared): from its decoded images (x), or, when it has none
+    (--stream), read from the files batch by batch, so memory holds a batch of images and
+    (D + 8) numbers per image, never the images. `readable`: per file of the split, whether
+    it was read (the other rows are left out of the first three)."""
+    mask = np.asarray(data.split) == split
+    if data.x is not None:
+        x = data.x[mask]
+        return features(model, x, batch_size), pixel_stats(x), np.asarray(data.y)[mask], np.ones(len(x), bool)
+    from lungclf.inference import predict_features
+    from training import stream
+
+    feats, stats, ys, oks = [np.zeros((0, model.layers[-1].input.shape[-1]), np.float32)], [np.zeros((0, 8))], [], []
+    for x, y, ok in stream.read_batches(stream.files(data, split), model.inputs[0].shape[1], batch_size):
+        x, y = x[ok].astype(np.float32), y[ok]
+        if len(x):
+            feats.append(predict_features(model, x, batch_size)[1])
+            stats.append(pixel_stats(x))
+        ys.append(y)
+        oks.append(ok)
+    return (np.concatenate(feats), np.concatenate(stats), np.concatenate(ys).astype(int) if ys else np.zeros(0, int),
+            np.concatenate(oks) if oks else np.zeros(0, bool))
+
+
 def fit_bundle(bundle, model, data, *, recipe, command=None, log=print):
     """Fit, measure and write the check (and examples) into a written bundle folder: fitted
     on the train split, threshold on val, measured on test, synthetic images and the
-    recipe's ood_data. `data`: training.datatypes.Prepared with its images (x)."""
-    x, y, split = data.x, np.asarray(data.y), np.asarray(data.split)
+    recipe's ood_data. `data`: training.datatypes.Prepared, with its images (x) or streamed
+    from its files (split_features)."""
+    split = np.asarray(data.split)
     tr, va, te = split == "train", split == "val", split == "test"
-    log(f"wrong-input check: features of {tr.sum()} training, {va.sum()} validation, {te.sum()} test images")
-    f_tr, f_va, f_te = (features(model, x[m]) for m in (tr, va, te))
-    s_tr, s_va, s_te = (pixel_stats(x[m]) for m in (tr, va, te))
+    log(f"wrong-input check: features of {tr.sum()} training, {va.sum()} validation, {te.sum()} test images"
+        + (" (streamed)" if data.x is None else ""))
+    (f_tr, s_tr, y_tr, _), (f_va, s_va, _, _), (f_te, s_te, _, read_te) = (
+        split_features(model, data, name) for name in ("train", "val", "test"))
+    te = te.copy()
+    te[te] = read_te  # the test files that were read: the examples are chosen among them
+    va = len(f_va) > 0
     meta = _read_meta(bundle)
-    ref, shrinkage = fit(f_tr, y[tr], s_tr, len(data.labels), meta["task"]["modality"], recipe.wrong_input_shrinkage)
-    set_threshold(ref, s_va, f_va, recipe.wrong_input_quantile) if va.any() else \
+    ref, shrinkage = fit(f_tr, y_tr, s_tr, len(data.labels), meta["task"]["modality"], recipe.wrong_input_shrinkage)
+    set_threshold(ref, s_va, f_va, recipe.wrong_input_quantile) if va else \
         set_threshold(ref, s_tr, f_tr, recipe.wrong_input_quantile)
     rates = {"val": rate(ref, s_va, f_va), "test": rate(ref, s_te, f_te)}
     ok = ~np.any(ref.flags_of(s_te, f_te)[:3], axis=0)
