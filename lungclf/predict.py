@@ -86,13 +86,13 @@ def find_images(source):
     if os.path.isdir(source):
         found = []
         for folder, dirs, files in os.walk(source):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [os.path.join(folder, f) for f in sorted(files)
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [os.path.join(folder, f) for f in files
                       if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
         if not found:
             raise PredictError(f"{source}: no image files in this folder "
                                f"({', '.join(IMAGE_EXTENSIONS)})")
-        return [os.path.abspath(p) for p in found]
+        return sorted(os.path.abspath(p) for p in found)
     if not os.path.isfile(source):
         raise PredictError(f"{source}: no such folder or file")
     if source.lower().endswith(IMAGE_EXTENSIONS):
@@ -394,11 +394,13 @@ def dask_client(workers=None, scheduler=None):
 
 
 def predict(spec, source, out, chunk=256, batch_size=32, threads=None, heatmaps=None, tta=False,
-            workers=None, scheduler=None, progress=True):
+            workers=None, scheduler=None, progress=True, classifier=None):
     """Classify every image of `source` with the bundle `spec` into the table `out`,
-    resuming from OUT.parts (see the module's docstring). Returns a summary: images, done
-    before this run, classified now, errors, flagged as wrong input, seconds, and (on Dask)
-    each worker process's number of bundle loads."""
+    resuming from OUT.parts (see the module's docstring). `classifier`: a
+    lungclf.inference.Classifier of that bundle already loaded in this process, used instead
+    of loading it again. Returns a summary: images, done before this run, classified now,
+    errors, flagged as wrong input, seconds, and (on Dask) how many times each worker
+    process loaded the bundle."""
     from tqdm import tqdm
 
     from lungclf.bundle import resolve, verify
@@ -414,12 +416,15 @@ def predict(spec, source, out, chunk=256, batch_size=32, threads=None, heatmaps=
     parts.start({"model_sha256": meta.model.sha256, "tta": tta, "heatmaps": heatmaps})
     done, _ = parts.done()
     todo = [p for p in paths if p not in done]
+    if classifier is not None and classifier.bundle.meta.model.sha256 != meta.model.sha256:
+        raise PredictError(f"the classifier given is not of the bundle {spec}")
     local = todo and not (workers or scheduler)
     if local:
         from lungclf.bundle import load
         from lungclf.inference import Classifier
 
-        clf = Classifier(load(folder), tta)  # before the clock: the run's speed, not TensorFlow's start
+        # loaded before the clock starts: the figures are the run's speed, not TensorFlow's start
+        clf = classifier or Classifier(load(folder), tta)
     start, loads = time.time(), None
     with tqdm(total=len(paths), initial=len(paths) - len(todo), unit="img", file=sys.stderr,
               disable=not progress, desc="classifying") as bar:
@@ -436,21 +441,22 @@ def predict(spec, source, out, chunk=256, batch_size=32, threads=None, heatmaps=
                "errors": sum(r["error"] is not None for r in rows),
                "wrong_input": sum(bool(r["wrong_input"]) for r in rows), "seconds": round(seconds, 1)}
     record = {"bundle": bundle, "input": os.path.abspath(source), "options": {"tta": tta, "heatmaps": heatmaps},
-              "versions": versions[0] if len(versions) == 1 else versions, "engine": engine(workers, scheduler),
+              "versions": versions[0] if len(versions) == 1 else versions,
+              "engine": engine(workers, scheduler, loads),
               "summary": summary, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_output(rows, out, classes.labels, record)
     parts.remove()
     return {**summary, "loads": loads}
 
 
-def engine(workers, scheduler):
-    """Where the answers were computed, for the record."""
+def engine(workers, scheduler, loads):
+    """Where this run's answers were computed, for the record."""
     if not (workers or scheduler):
         return {"name": "one process", "cores": cores()}
     from importlib.metadata import version
 
-    return {"name": "dask.distributed", "version": version("distributed"),
-            "workers": workers, "scheduler": scheduler}
+    return {"name": "dask.distributed", "version": version("distributed"), "workers": workers,
+            "scheduler": scheduler, "processes": loads}
 
 
 def main(argv=None):
