@@ -220,54 +220,66 @@ class Classifier:
 
     def analyse_many(self, sources, batch_size=32, threads=None, heatmaps=True):
         """Answers for many images, in order: what `analyse` gives each one, from batches of
-        `batch_size` images through the same traced graph, decoded in `threads` threads
-        (default: one per core) two batches ahead of the forward pass, so that decoding
-        and the network keep every core busy. Where `analyse` would raise for an image
-        (ImageError for a bad file), that exception is yielded in its place, so one bad
-        file does not end the rest. heatmaps=False skips the class activation maps
-        (Answer.cam is None): the plain forward pass, a little cheaper.
+        `batch_size` images through the same traced graph. Three stages overlap: `threads`
+        threads decode (default: one per two cores, which keeps ahead of the network for
+        tiles) two batches ahead, one thread runs the network, and this one calibrates and
+        checks the batch before. Where `analyse` would raise for an image (ImageError for a
+        bad file), that exception is yielded in its place, so one bad file does not end the
+        rest. heatmaps=False skips the class activation maps (Answer.cam is None): the plain
+        forward pass, a little cheaper.
 
             for source, answer in zip(paths, clf.analyse_many(paths)): ...
         """
         sources = list(sources)
         batches = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-            pending = deque()
+        threads = threads or max(1, (os.cpu_count() or 1) // 2)
+        with ThreadPoolExecutor(threads) as decoders, ThreadPoolExecutor(1) as network:
+            decoding, running = deque(), deque()
+
+            def run_next():  # the oldest decoding batch into the network
+                decoded = []
+                for f in decoding.popleft():
+                    try:
+                        decoded.append(f.result())
+                    except Exception as e:  # the file's own failure: yielded in its place
+                        decoded.append(e)
+                good = [d for d in decoded if not isinstance(d, Exception)]
+                running.append((decoded, network.submit(self._forward_many, good, heatmaps) if good else None))
+
             for batch in batches:
-                pending.append([pool.submit(self._decode, s) for s in batch])
-                if len(pending) > 2:
-                    yield from self._answers(pending.popleft(), heatmaps)
-            while pending:
-                yield from self._answers(pending.popleft(), heatmaps)
+                decoding.append([decoders.submit(self._decode, s) for s in batch])
+                if len(decoding) > 2:
+                    run_next()
+                if len(running) > 1:
+                    yield from self._answers(*running.popleft())
+            while decoding:
+                run_next()
+            while running:
+                yield from self._answers(*running.popleft())
 
-    def _answers(self, futures, heatmaps):
-        """Answers (or the decoding exceptions) of one batch of decode futures."""
-        decoded = []
-        for f in futures:
-            try:
-                decoded.append(f.result())
-            except Exception as e:  # the file's own failure: yielded in its place below
-                decoded.append(e)
-        good = [d for d in decoded if not isinstance(d, Exception)]
-        answers = iter(self._analyse_batch(good, heatmaps) if good else [])
-        return [d if isinstance(d, Exception) else next(answers) for d in decoded]
-
-    def _analyse_batch(self, decoded, heatmaps):
-        """Answers of decoded images [(rgb, x)]: analyse's steps on a batch of N."""
+    def _forward_many(self, decoded, heatmaps):
+        """The network on decoded images [(rgb, x)]: (x, logits, features, maps or None)."""
         x = np.stack([xi for _, xi in decoded])
-        n = len(x)
         batch = tta_views(x, self.views) if len(self.views) > 1 else x
         if heatmaps and self.explain is not None:
             logits, feats, maps = (t.numpy() for t in self.explain(batch))
         else:
             (logits, feats), maps = (t.numpy() for t in self.forward(batch)), None
+        return x, logits, feats, maps
+
+    def _answers(self, decoded, forwarded):
+        """Answers of one batch (decoded images or their exceptions) from its network future:
+        analyse's steps after the forward pass, on the batch."""
+        if forwarded is None:
+            return decoded  # every file of the batch failed
+        x, logits, feats, maps = forwarded.result()
         probs = calibrate(tta_mean(logits, len(self.views)), self.temperature)
-        if self.reference is not None:
-            verdicts = self.reference.check(x, feats[:n])
-        else:
-            verdicts = wrong_input.no_check(x)
+        n = len(x)
+        verdicts = self.reference.check(x, feats[:n]) if self.reference is not None else wrong_input.no_check(x)
+        good = [d for d in decoded if not isinstance(d, Exception)]
         answers = []
-        for i, ((rgb, _), p, verdict) in enumerate(zip(decoded, probs, verdicts)):
+        for i, ((rgb, _), p, verdict) in enumerate(zip(good, probs, verdicts)):
             cam = None if maps is None else maps[i, :, :, int(p.argmax())]
             answers.append(Answer(dict(zip(self.texts, p.tolist())), verdict, cam, heatmap.for_display(rgb)))
-        return answers
+        answers = iter(answers)
+        return [d if isinstance(d, Exception) else next(answers) for d in decoded]
