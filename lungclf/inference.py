@@ -214,9 +214,9 @@ class Classifier:
                       None if maps is None else maps[0, :, :, top], heatmap.for_display(rgb))
 
     def _decode(self, source):
-        """Image path or bytes -> (decoded rgb, model input (S, S, 3) float32); raises ImageError."""
+        """Image path or bytes -> (decoded rgb, resized (S, S, 3) uint8); raises ImageError."""
         rgb = read_rgb(source, self.size)
-        return rgb, resize(rgb, self.size).astype(np.float32)
+        return rgb, resize(rgb, self.size)
 
     def analyse_many(self, sources, batch_size=32, threads=None, heatmaps=True):
         """Answers for many images, in order: what `analyse` gives each one, from batches of
@@ -258,8 +258,8 @@ class Classifier:
                 yield from self._answers(*running.popleft())
 
     def _forward_many(self, decoded, heatmaps):
-        """The network on decoded images [(rgb, x)]: (x, logits, features, maps or None)."""
-        x = np.stack([xi for _, xi in decoded])
+        """The network on decoded images [(rgb, resized)]: (x, logits, features, maps or None)."""
+        x = np.stack([xi for _, xi in decoded]).astype(np.float32)  # as load_image's, batched
         batch = tta_views(x, self.views) if len(self.views) > 1 else x
         if heatmaps and self.explain is not None:
             logits, feats, maps = (t.numpy() for t in self.explain(batch))

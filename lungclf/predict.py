@@ -33,8 +33,9 @@ classified. At the end the parts are merged into OUT in input order and removed.
 OUT.parts/run.json holds the bundle's sha256 and the options: a rerun with another bundle
 or options is refused rather than mixed.
 
-Cores: one process decodes in a thread per core, two batches ahead of the traced forward
-pass, which runs in batches of --batch-size (32) on every core (TensorFlow's threads).
+Cores: in one process, --threads threads decode (default one per two cores) two batches
+ahead of the traced forward pass, which runs in batches of --batch-size (32) on every core
+(TensorFlow's own threads) while the batch before is calibrated and checked.
 
 Beyond one machine: Dask (dask.distributed), an optional dependency
 (requirements-scale.txt). --workers N starts a local cluster of N worker processes;
@@ -469,7 +470,7 @@ def main(argv=None):
     p.add_argument("--tta", action="store_true", help="test-time augmentation, as the app's TTA=1")
     p.add_argument("--chunk", type=int, default=256, help="images per part file and per Dask task (256)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
-    p.add_argument("--threads", type=int, help="decoding threads (default: one per core)")
+    p.add_argument("--threads", type=int, help="decoding threads (default: one per two cores)")
     engines = p.add_mutually_exclusive_group()
     engines.add_argument("--workers", type=int, metavar="N", help="a local Dask cluster of N worker processes")
     engines.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask cluster, e.g. tcp://HOST:8786")
