@@ -1,0 +1,141 @@
+"""Measure archive prediction (python -m lungclf.predict) against the model's forward pass alone.
+
+    nice -n 19 python scripts/benchmark_predict.py                       # LC25000 copies, ~2 min
+    nice -n 19 python scripts/benchmark_predict.py --copies 2 --workers 2 --json predict.json
+
+The images are copies of ../shared/data/lc25000 (--copies times each file) in a temporary
+folder that is deleted afterwards: never commit them. Measured, --repeats times, alternating
+so that other work on a shared machine weighs on both alike (the median is reported):
+
+    forward   the bundle's traced forward pass (Classifier.forward) over the images already
+              decoded into memory, in batches of 32: what the model alone allows on these cores
+    predict   lungclf.predict.predict over the folder, in this process (the bundle loaded
+              once beforehand, as the command loads it before its clock starts): decoding,
+              the forward pass, calibration, the wrong-input check and the parts on disk
+    dask      with --workers N: the same on a local Dask cluster of N processes, counting
+              the cluster's start and each worker's bundle load (measured once)
+
+Printed: images per second of each and predict / forward (the target is >= 0.8), the
+cores and the load average before and after, and the CPU time per image of each (all
+threads): on a machine shared with other work the wall-clock ratio swings from run to run,
+while forward CPU / predict CPU is what the ratio would be with the cores to itself.
+--json writes the same.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "lc25000")
+
+
+def copy_images(src, dst, copies):
+    """Copy every image of src (class folders) `copies` times into dst; returns how many."""
+    n = 0
+    for path in sorted(glob.glob(os.path.join(src, "*", "*.jp*g"))):
+        cls, name = path.split(os.sep)[-2:]
+        for k in range(copies):
+            os.makedirs(os.path.join(dst, f"{cls}_{k}"), exist_ok=True)
+            shutil.copy(path, os.path.join(dst, f"{cls}_{k}", name))
+            n += 1
+    return n
+
+
+def cpu_seconds():
+    """CPU time this process has used, all its threads together."""
+    return sum(os.times()[:2])
+
+
+def forward_rate(clf, x, batch_size=32):
+    """(images per second, CPU ms per image) of the traced forward pass alone over x
+    (N, S, S, 3) float32."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    for i in range(0, len(x), batch_size):
+        clf.forward(x[i:i + batch_size])[0].numpy()
+    return len(x) / (time.perf_counter() - start), 1000 * (cpu_seconds() - cpu) / len(x)
+
+
+def predict_rate(spec, folder, out, **kw):
+    """(images per second, CPU ms per image of this process) of lungclf.predict over folder."""
+    from lungclf.predict import predict
+
+    cpu = cpu_seconds()
+    s = predict(spec, folder, out, progress=False, **kw)
+    os.remove(out)
+    return s["images"] / s["seconds"], 1000 * (cpu_seconds() - cpu) / s["images"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default=os.path.join(ROOT, "models", "lc25000"))
+    p.add_argument("--data", default=DEFAULT_DATA, help="class folders of JPEG images (LC25000)")
+    p.add_argument("--copies", type=int, default=1, help="copies of each image (default 1)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, help="also measure a local Dask cluster of N workers")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args()
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"error: {args.data}: no such folder (the LC25000 images of ../shared/data)")
+
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
+    from lungclf.predict import cores, find_images
+
+    load_before = os.getloadavg()
+    clf = Classifier(load(args.bundle))
+    with tempfile.TemporaryDirectory(prefix="benchmark-predict-") as tmp:
+        folder = os.path.join(tmp, "images")
+        n = copy_images(args.data, folder, args.copies)
+        decoded = [clf._decode(path) for path in find_images(folder)]
+        import numpy as np
+
+        x = np.stack([xi for _, xi in decoded]).astype(np.float32)
+        del decoded
+        forward_rate(clf, x[:64])  # warm up
+        out = os.path.join(tmp, "predictions.parquet")
+        forward, local, forward_cpu, local_cpu = [], [], [], []
+        for _ in range(args.repeats):
+            rate, cpu = forward_rate(clf, x)
+            forward.append(rate)
+            forward_cpu.append(cpu)
+            rate, cpu = predict_rate(args.bundle, folder, out, classifier=clf)
+            local.append(rate)
+            local_cpu.append(cpu)
+        dask = predict_rate(args.bundle, folder, out, workers=args.workers)[0] if args.workers else None
+    load_after = os.getloadavg()
+    result = {"images": n, "cores": cores(), "repeats": args.repeats,
+              "forward_images_per_s": round(statistics.median(forward), 1),
+              "predict_images_per_s": round(statistics.median(local), 1),
+              "predict_over_forward": round(statistics.median(local) / statistics.median(forward), 3),
+              "forward_runs": [round(v, 1) for v in forward], "predict_runs": [round(v, 1) for v in local],
+              "forward_cpu_ms_per_image": round(statistics.median(forward_cpu), 2),
+              "predict_cpu_ms_per_image": round(statistics.median(local_cpu), 2),
+              "dask_workers": args.workers, "dask_images_per_s": round(dask, 1) if dask else None,
+              "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in load_after],
+              "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python"] + sys.argv)}
+    print(f"{n:,} images, {result['cores']} cores, load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after (1 min)")
+    print(f"forward pass alone   {result['forward_images_per_s']:8.1f} images/s  {result['forward_runs']}")
+    print(f"lungclf.predict      {result['predict_images_per_s']:8.1f} images/s  {result['predict_runs']}"
+          f"  = {result['predict_over_forward']:.2f}x the forward pass")
+    print(f"CPU per image        forward {result['forward_cpu_ms_per_image']:.2f} ms, predict "
+          f"{result['predict_cpu_ms_per_image']:.2f} ms: on idle cores predict could reach "
+          f"{result['forward_cpu_ms_per_image'] / result['predict_cpu_ms_per_image']:.2f}x")
+    if dask:
+        print(f"Dask, {args.workers} workers      {dask:8.1f} images/s  (cluster start and bundle loads included)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
