@@ -259,3 +259,13 @@ def test_two_local_dask_workers_give_the_rows_of_one_process(tmp_path, archive, 
     assert rows == table[0]  # image for image, to the last bit
     assert record["engine"]["name"] == "dask.distributed" and record["engine"]["workers"] == 2
     assert sorted(record["engine"]["processes"].values()) == [1, 1]  # two processes, one load each
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_predict_against_the_forward_pass(tmp_path):
+    run = subprocess.run([sys.executable, "scripts/benchmark_predict.py", "--quick", "--json", str(tmp_path / "b.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.load(open(tmp_path / "b.json"))
+    assert figures["images"] == 96 and figures["forward_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
+    assert figures["predict_over_forward"] > 0 and len(figures["load_before"]) == 3
