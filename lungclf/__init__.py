@@ -9,6 +9,8 @@
     heatmap.py      the class activation map and its picture over the image
     batch.py        many files or a .zip in one request, with their limits; a scan's answer
     dicom.py        DICOM slices to the same 8-bit grey input the PNG-trained models see
+    predict.py      the app's answer over an archive of any size into a table, resumable, on
+                    one machine or a Dask cluster (python -m lungclf.predict)
 
 It needs numpy, Pillow, opencv, keras/tensorflow, pydicom and (for Hub bundles) huggingface_hub,
 nothing that only training uses (no scikit-learn, no matplotlib).
