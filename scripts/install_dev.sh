@@ -8,6 +8,9 @@ python -m pip install -q -r requirements-dev.txt
 # ~450 MB installed, ~25 s here. Archive prediction (lungclf.predict): Dask and pyarrow,
 # ~200 MB more installed.
 python -m pip install -q -r requirements-scale.txt
+# The browser page's model (python -m training.export): tf2onnx, onnx and onnxruntime, ~40 MB of
+# wheels, ~115 MB installed; they leave TensorFlow, numpy and protobuf as they are.
+python -m pip install -q -r requirements-web.txt
 # Debian packages: headless Chromium for the `browser` tests (driven by Playwright, which
 # downloads no browser of its own) and Node.js for the `node` tests (scripts/client.mjs).
 apt=()

@@ -37,6 +37,10 @@ class WorkerError(TrainingError):
     """A distributed worker failed, or the workers disagree."""
 
 
+class ExportError(TrainingError):
+    """A bundle's ONNX export failed, or its outputs differ from Keras's beyond the tolerance."""
+
+
 @contextlib.contextmanager
 def cli_errors():
     """`with cli_errors(): ...` in a CLI's main: a TrainingError ends the process with status 1

@@ -1,0 +1,211 @@
+"""python -m training.export: each committed bundle's network as ONNX, with the outputs the
+browser page needs, equal to what the app computes.
+
+The references here are the app's own answers (lungclf.inference.Classifier: calibrated
+probabilities, the wrong-input verdict, the heatmap of the top class), not the export's own
+check. Needs requirements-web.txt (scripts/install_dev.sh installs it); without those
+packages every test here skips, saying so (and CI, which installs them, counts a skip as a
+failure).
+"""
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT
+
+MISSING = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"Python package(s) {', '.join(MISSING)} not installed "
+                                "(pip install -r requirements-web.txt; scripts/install_dev.sh does)")
+
+BUNDLES = ["lc25000", "chest_ct", "iq_othnccd"]
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture(scope="module", params=BUNDLES)
+def exported(request, tmp_path_factory):
+    """(bundle, export's dict, path of the ONNX file) for each committed bundle, exported once."""
+    from lungclf.bundle import load
+    from training.export import export
+
+    folder = os.path.join(ROOT, "models", request.param)
+    out = str(tmp_path_factory.mktemp(request.param) / "model.onnx")
+    return load(folder), export(folder, out), out
+
+
+def session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def run(sess, x):
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {"image": np.asarray(x, np.float32)})))
+
+
+@pytest.mark.slow
+def test_the_graph_is_what_the_page_reads(exported):
+    import onnx
+
+    bundle, result, path = exported
+    proto = onnx.load(path)
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    size, classes = bundle.input_size, len(bundle.labels)
+    features = bundle.reference.feature_dim
+    assert [(i.name, dims(i)) for i in proto.graph.input] == [("image", ["batch", size, size, 3])]
+    out = {o.name: dims(o) for o in proto.graph.output}
+    assert out["logits"] == ["batch", classes] and out["features"] == ["batch", features]
+    assert out["maps"][0] == "batch" and out["maps"][3] == classes and out["maps"][1] == out["maps"][2] > 1
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)] == [("", result["opset"])]
+    assert {n.domain for n in proto.graph.node} == {""}  # standard operators: any runtime
+    assert sum(n.op_type == "Transpose" for n in proto.graph.node) <= 2  # NHWC in and out, no more
+    assert {p.key: p.value for p in proto.metadata_props}["model.keras sha256"] == bundle.meta.model.sha256
+    onnx.checker.check_model(proto, full_check=True)
+
+
+@pytest.mark.slow
+def test_the_dict_for_metadata(exported):
+    bundle, result, path = exported
+    assert result["file"] == "model.onnx" and result["opset"] == 17
+    assert result["sha256"] == sha256(path) and result["bytes"] == os.path.getsize(path)
+    assert result["source_sha256"] == bundle.meta.model.sha256
+    assert result["scale"]["logits"] == min(t for t in (bundle.temperature, bundle.meta.tta.temperature) if t)
+    examples = len(os.listdir(os.path.join(bundle.folder, "examples")))
+    assert result["checked_on"] >= examples + 10
+    for k in ("logits", "features", "maps"):
+        assert 0 <= result["relative_difference"][k] <= result["tolerance"][k] == 1e-3
+    assert result["same_label"] == result["checked_on"]
+    assert result["wrong_input"]["same_verdict"] == result["checked_on"]
+    assert result["probabilities_difference"] < 5e-4
+    assert set(result["versions"]) == {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"}
+    if bundle.meta.task.modality == "CT":  # the page's target: a CT model's download <= 20 MB
+        assert result["bytes"] <= 20_000_000
+
+
+@pytest.mark.slow
+def test_onnx_answers_as_the_app_does(exported):
+    """The app's answer (Classifier.analyse) for each example against the ONNX outputs with the
+    page's arithmetic: calibrated probabilities, the wrong-input verdict on the ONNX features,
+    the top class's map; and with test-time augmentation, the views as one batch."""
+    from lungclf.inference import Classifier, calibrate, tta_mean, tta_views
+    from lungclf.preprocess import load_image
+
+    bundle, _, path = exported
+    sess = session(path)
+    app, app_tta = Classifier(bundle), Classifier(bundle, tta=True)
+    examples = os.path.join(bundle.folder, "examples")
+    for name in sorted(os.listdir(examples)):
+        file = os.path.join(examples, name)
+        answer = app.analyse(file)
+        x = load_image(file, bundle.input_size)[None]
+        out = run(sess, x)
+        probs = calibrate(out["logits"], bundle.temperature)[0]
+        np.testing.assert_allclose(probs, list(answer.probabilities.values()), atol=1e-4, err_msg=name)
+        verdict = bundle.reference.check(x, out["features"])[0]
+        assert verdict.wrong_input == answer.verdict.wrong_input, name
+        assert verdict.score == pytest.approx(answer.verdict.score, rel=1e-4), name
+        cam = out["maps"][0, :, :, int(probs.argmax())]
+        np.testing.assert_allclose(cam, answer.cam, atol=1e-3 * np.abs(answer.cam).max(), err_msg=name)
+        views = app_tta.views
+        logits = run(sess, tta_views(x, views))["logits"]
+        np.testing.assert_allclose(calibrate(tta_mean(logits, len(views)), app_tta.temperature),
+                                   app_tta.probabilities(x), atol=1e-4, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_wrong_conversion_fails_and_writes_nothing(tmp_path, monkeypatch):
+    """A conversion that changes a number (here the logits' bias, by 0.01) fails the export with
+    the export's own error, names the output, and leaves no file; the same bundle exported
+    again gives the same bytes first (the sha256 in metadata.json is reproducible)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from training import export as ex
+    from training.errors import ExportError
+
+    folder = os.path.join(ROOT, "models", "lc25000")
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ex.export(folder, str(first))
+    real = ex.to_onnx
+
+    def damaged(model, path, *args, **kwargs):
+        real(model, path, *args, **kwargs)
+        damaged.sha256 = sha256(path)
+        proto = onnx.load(path)
+        gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+        bias = next(t for t in proto.graph.initializer if t.name == gemm.input[2])
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.01), bias.name))
+        onnx.save(proto, path)
+
+    monkeypatch.setattr(ex, "to_onnx", damaged)
+    with pytest.raises(ExportError, match=r"differ by more than the tolerance on logits .*model.onnx not written"):
+        ex.export(folder, str(second))
+    assert damaged.sha256 == sha256(first)
+    assert os.listdir(tmp_path) == ["a.onnx"]
+
+
+def test_missing_packages_say_what_to_install(monkeypatch):
+    from training import export as ex
+    from training.errors import ExportError
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx -> ImportError
+    with pytest.raises(ExportError, match=r"tf2onnx is missing\): pip install -r requirements-web.txt"):
+        ex.export(os.path.join(ROOT, "models", "lc25000"))
+
+
+def test_same_graph_same_bytes():
+    """canonical_names: the same graph with its constants under other names and in another
+    order (as tf2onnx writes it from one process to the next) serialises to the same bytes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.export import canonical_names
+
+    def graph(names, order):
+        consts = {names[0]: np.float32(0), names[1]: np.float32(6), names[2]: np.ones((2,), np.float32)}
+        inits = [numpy_helper.from_array(np.asarray(consts[n]), n) for n in order]
+        nodes = [helper.make_node("Clip", ["x", names[0], names[1]], ["mid"], name="relu6"),
+                 helper.make_node("Add", ["mid", names[2]], ["y"], name="add")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    a = canonical_names(graph(["min", "max", "b"], ["min", "max", "b"]))
+    b = canonical_names(graph(["q__1", "q__7", "bias"], ["bias", "q__7", "q__1"]))
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+    onnx.checker.check_model(a)
+    assert [n.name for n in a.graph.node] == ["0/relu6", "1/add"] and a.graph.output[0].name == "y"
+
+
+def test_made_images_cover_the_odd_kinds():
+    from training.export import made_images
+
+    made = made_images(64)
+    assert len(made) >= 16 and all(v.shape == (64, 64, 3) and v.dtype == np.float32 for v in made.values())
+    assert all(0 <= v.min() and v.max() <= 255 for v in made.values())
+    assert made["black"].max() == 0 and made["white"].min() == 255
+    assert np.ptp(made["file_grey_png"], axis=2).max() == 0  # grey files decode to equal channels
+    assert len({v.tobytes() for v in made.values()}) == len(made)
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_folder_that_is_no_bundle(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "training.export", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: refused: {tmp_path}: not a model bundle")
+    assert "Traceback" not in p.stderr
+    assert not os.listdir(tmp_path)

@@ -1,0 +1,423 @@
+"""Export a bundle's network to ONNX for the browser page (web/), checked against Keras.
+
+    python -m training.export models/lc25000     # writes models/lc25000/model.onnx, prints the check
+    python -m training.export BUNDLE --out /tmp/model.onnx --opset 17
+
+What for: the static page runs the bundle in the visitor's browser with onnxruntime-web,
+so the image never leaves the visitor's computer. It needs what the app's traced call
+(lungclf.inference.explain_fn) gives, from one ONNX graph with one input and three outputs:
+
+    image     (batch, S, S, 3) float32 0..255, exactly lungclf.preprocess.load_image's output
+    logits    (batch, C)       features @ kernel + bias: the page divides them by the bundle's
+                               temperature (calibration.temperature, or tta.temperature for
+                               the mean over the tta views) before the softmax
+    features  (batch, D)       the penultimate features, for the wrong-input check
+    maps      (batch, h, w, C) the class activation maps: the feature map before global
+                               average pooling times the softmax layer's kernel (no bias)
+
+Route: Keras 3's own export, `model.export(path, format="onnx")`, which on the TensorFlow
+backend converts the model's traced call with tf2onnx (and patches tf2onnx for numpy 2).
+Keras exports a model's call, and a bundle's model returns probabilities only, so the
+model exported is a functional view of the bundle's own layers, built here: the graph up to
+the pooling layer's input (lungclf.heatmap.cam_head), a linear Dense with the softmax layer's
+kernel and bias (logits) and a 1x1 Conv2D with its kernel (maps). Its weights are the
+bundle's; nothing is retrained. The batch dimension is left free (named "batch"), so the
+page can run the test-time augmentation views as one batch. Then ONNX Runtime's basic graph
+optimisations, offline (standard operators only: see `to_onnx` for why), and names that make
+the same bundle give the same bytes (`canonical_names`). Why not the alternatives: calling
+tf2onnx on explain_fn directly is the same converter without Keras's numpy 2 patch; Keras's
+JAX-backend export needs jax2onnx, which brings flax, equinox, orbax and more.
+
+The check: ONNX Runtime (CPU) runs the written file, one image at a time as the page does
+and all images as one batch, on the bundle's examples/ and on images made here (noise,
+flat, gradients, stripes, saturated colours, grey; made files of odd kinds through
+lungclf.preprocess), and its outputs are compared with explain_fn's on the same input. A
+largest difference, relative to its output's scale, above TOLERANCE fails the export
+(ExportError; no file is left at the destination), and `export` returns what metadata.json
+will record (opset, differences, tolerance, versions, sha256 and size of model.onnx).
+
+Needs requirements-web.txt (tf2onnx, onnx, onnxruntime) besides the app's requirements.
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+
+import numpy as np
+
+from training.errors import ExportError, TrainingError, cli_errors
+
+OPSET = 17  # onnxruntime-web runs it on WebAssembly and WebGPU; the graph needs nothing newer
+FILE = "model.onnx"
+OUTPUTS = ("logits", "features", "maps")
+# The largest difference allowed between ONNX Runtime and Keras (explain_fn), per output, on
+# images 0..255, each divided by a scale (see `compare`):
+#   logits    divided by the smallest temperature the page divides them by, so this is the
+#             difference in the calibrated logits the softmax reads. A difference e there moves a
+#             probability by at most e / 2 (2 p (1 - p) <= 1/2), so 1e-3 keeps this step within
+#             5e-4: half of the page's target (probabilities within 1e-3 of the app's), the rest
+#             left to the browser's WebAssembly kernels.
+#   features  divided by their largest absolute value on the same images (at least 1): the
+#             wrong-input check is a distance between feature vectors, and only an error relative
+#             to their size moves it (the distance's own difference is reported beside it).
+#   maps      divided likewise: the page normalises a map by its maximum and colours it in 256
+#             steps, so 1e-3 stays under one colour step (1/255).
+# Measured on the three committed bundles (TF 2.21 with oneDNN against ORT 1.32's CPU kernels,
+# x86-64): at most 1.6e-4 (logits), 6.1e-6 (features) and 8.9e-6 (maps), so 1e-3 leaves a margin
+# of 6x or more for other processors; a conversion error (a wrong layout, a dropped layer, a
+# wrong constant) gives differences of order 1.
+TOLERANCE = {"logits": 1e-3, "features": 1e-3, "maps": 1e-3}
+REQUIREMENTS = "pip install -r requirements-web.txt"
+
+
+def _need_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"the ONNX export needs tf2onnx, onnx and onnxruntime ({e.name} is missing): "
+                          f"{REQUIREMENTS}") from None
+
+
+def versions():
+    """The libraries the export and its check ran with."""
+    import keras
+    import onnx
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def web_model(model):
+    """The Keras model image -> {"logits", "features", "maps"}, from the bundle model's own layers
+    (see the module's docstring); raises ExportError for a network without a softmax head on
+    global average pooling."""
+    import keras
+
+    from lungclf import heatmap
+
+    try:
+        maps_model, kernel, bias = heatmap.cam_head(model)
+    except heatmap.NoHeatmap as e:
+        raise ExportError(f"cannot export the heatmap: {e}") from None
+    kernel, bias = np.asarray(kernel), np.asarray(bias)
+    image = maps_model.inputs[0]
+    fmap, features = maps_model(image)
+    dense = keras.layers.Dense(kernel.shape[1], name="logits")
+    conv = keras.layers.Conv2D(kernel.shape[1], 1, use_bias=False, name="maps")
+    logits, maps = dense(features), conv(fmap)
+    dense.set_weights([kernel, bias])
+    conv.set_weights([kernel[None, None]])
+    web = keras.Model(image, {"logits": logits, "features": features, "maps": maps}, name="web")
+    size = image.shape[1]
+    web(np.zeros((1, size, size, 3), np.float32))  # Keras exports only a model that was called
+    return web
+
+
+def to_onnx(model, path, opset=OPSET, source_sha256=None):
+    """Write the bundle model's web view (web_model) to path as ONNX; returns the path.
+
+    Keras's export (tf2onnx) writes the graph in TensorFlow's NHWC layout with a Transpose
+    around each convolution, which tf2onnx's own transpose optimiser then removes; on a network
+    with a scalar Add after a transpose (the CT models' grey conversion before the rescaling)
+    that optimiser fails (tf2onnx 1.17.0: `max() arg is an empty sequence`) and 102 Transposes
+    stay. So the graph then goes through ONNX Runtime's BASIC graph optimisations, offline:
+    only standard ONNX operators in, standard operators out (transposes cancelled, constants
+    folded, batch norm folded into the convolutions, MatMul + Add into Gemm), portable to any
+    runtime, unlike the extended levels' fused kernels. The browser would do the same at every
+    page load; done here, it is done once and checked."""
+    import logging
+
+    import onnx
+    import onnxruntime as ort
+
+    _need_onnx()
+    web = web_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "keras.onnx")
+        quiet = logging.getLogger("tf2onnx.optimizer")  # its failed transpose pass, see above
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings():  # Keras's numpy 2 patch of tf2onnx touches np.object
+                warnings.simplefilter("ignore", FutureWarning)
+                web.export(raw, format="onnx", opset_version=opset, verbose=False)
+        except Exception as e:  # noqa: BLE001 - any converter failure: one line, not a traceback
+            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise ExportError(f"Keras's ONNX export failed: {reason}") from None
+        finally:
+            quiet.setLevel(level)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = os.path.join(tmp, "basic.onnx")
+        ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
+        proto = onnx.load(options.optimized_model_filepath)
+    outputs = [o.name for o in proto.graph.output]
+    if sorted(outputs) != sorted(OUTPUTS) or len(proto.graph.input) != 1:
+        raise ExportError(f"the exported graph has inputs {[i.name for i in proto.graph.input]} and "
+                          f"outputs {outputs}; expected one input and {list(OUTPUTS)}")
+    domains = {n.domain for n in proto.graph.node}
+    if domains - {"", "ai.onnx"}:
+        raise ExportError(f"the optimised graph uses operators outside standard ONNX: {sorted(domains)}")
+    # ONNX Runtime declares every domain it knows; keep the one the graph uses.
+    used = [o for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    del proto.opset_import[:]
+    proto.opset_import.extend(used)
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_value")
+        dim.dim_param = "batch"  # tf2onnx names a free dimension unk__N
+    proto.doc_string = ("image (batch, S, S, 3) float32 0..255 -> logits (batch, C), features (batch, D), "
+                        "maps (batch, h, w, C); exported by python -m training.export")
+    del proto.metadata_props[:]
+    if source_sha256:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "model.keras sha256", source_sha256
+    canonical_names(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString(deterministic=True))
+    return path
+
+
+def canonical_names(proto):
+    """Name the graph's constants by their content and its intermediate tensors by their order,
+    in place, so the same bundle exports to the same bytes (and sha256): tf2onnx shares equal
+    constants under whichever name Python's per-process string hashing meets first, and lists
+    them in that order, and numbers the nodes it adds and the graph's doc string with counters
+    of the process. Nodes are named by their place and their Keras layer's name (tf2onnx's
+    counters dropped); the graph's inputs and outputs keep their names; nothing that is
+    computed changes."""
+    from onnx import AttributeProto, TensorProto, numpy_helper
+
+    graph = proto.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return proto  # subgraphs (If, Loop) name outer tensors too; these networks have none
+    keep = {v.name for v in list(graph.input) + list(graph.output)}
+    names = {}
+    for t in graph.initializer:
+        a = numpy_helper.to_array(t)
+        digest = hashlib.sha256(f"{t.data_type} {list(t.dims)} ".encode() + a.tobytes()).hexdigest()
+        names[t.name] = f"const_{digest[:16]}"
+    count = 0
+    for node in graph.node:
+        for out in node.output:
+            if out and out not in keep and out not in names:
+                names[out] = f"t{count}"
+                count += 1
+    for node in graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names.get(o, o) for o in node.output]
+    unique = {}
+    for t in graph.initializer:
+        t.name = names[t.name]
+        unique.setdefault(t.name, TensorProto.FromString(t.SerializeToString()))
+    del graph.initializer[:]
+    graph.initializer.extend(unique[k] for k in sorted(unique))
+    del graph.value_info[:]  # shapes of intermediates, by their old names; runtimes infer them
+    for i, node in enumerate(graph.node):
+        node.name = f"{i}/{re.sub(r'__[0-9]+', '', node.name) or node.op_type}"
+    graph.doc_string = ""  # "converted from __inference___call___<process counter>"
+    return proto
+
+
+# ---------------------------------------------------------------- the images it is checked on
+
+def made_images(size, seed=0):
+    """{name: (size, size, 3) float32 0..255}: inputs far from the examples, made here, so the check
+    also covers what a visitor may drop on the page: noise (colour, grey, blurred), flat (black, white, grey, a colour),
+    gradients, stripes at the pixel scale, saturated colours, and made files of odd kinds
+    (grey, RGBA, 16-bit grey, palette PNG, a large JPEG, a small one) decoded by
+    lungclf.preprocess like any upload."""
+    import cv2
+    from PIL import Image
+
+    from lungclf.preprocess import load_image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / (size - 1)
+    out = {
+        "noise": rng.uniform(0, 255, (size, size, 3)),
+        "noise_grey": np.repeat(rng.uniform(0, 255, (size, size, 1)), 3, axis=2),
+        "noise_blurred": cv2.GaussianBlur(rng.uniform(0, 255, (size, size, 3)).astype(np.float32), (0, 0), 3),
+        "black": np.zeros((size, size, 3)),
+        "white": np.full((size, size, 3), 255.0),
+        "grey": np.full((size, size, 3), 128.0),
+        "flat_colour": np.broadcast_to(rng.uniform(0, 255, 3), (size, size, 3)),
+        "gradient": np.stack([255 * xx, 255 * yy, 255 * (1 - xx)], axis=2),
+        "stripes": np.repeat(((np.arange(size) % 2) * 255.0)[None, :, None], size, axis=0).repeat(3, axis=2),
+        "saturated": np.stack([(xx > 0.5) * 255.0, (yy > 0.5) * 255.0, ((xx + yy) % 0.5 > 0.25) * 255.0], axis=2),
+    }
+    disk = np.hypot(xx - 0.5, yy - 0.5) < 0.4
+    scan = (disk * rng.normal(140, 40, (size, size))).clip(0, 255)
+    files = {
+        "file_grey_png": ("PNG", Image.fromarray(scan.astype(np.uint8), "L")),
+        "file_rgba_png": ("PNG", Image.fromarray(np.dstack([rng.integers(0, 256, (size, size, 3)),
+                                                            (disk * 255)]).astype(np.uint8), "RGBA")),
+        "file_16bit_png": ("PNG", Image.fromarray((scan * 257).astype(np.uint16))),
+        "file_palette_png": ("PNG", Image.fromarray(rng.integers(0, 256, (size, size, 3)).astype(np.uint8))
+                             .convert("P", palette=Image.ADAPTIVE, colors=16)),
+        "file_large_jpeg": ("JPEG", Image.fromarray(cv2.resize(rng.integers(0, 256, (64, 64, 3)).astype(np.uint8),
+                                                               (4 * size, 3 * size)))),
+        "file_small_jpeg": ("JPEG", Image.fromarray(rng.integers(0, 256, (40, 56, 3)).astype(np.uint8))),
+    }
+    for name, (fmt, im) in files.items():
+        buf = io.BytesIO()
+        im.save(buf, fmt)
+        out[name] = load_image(buf.getvalue(), size)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def check_images(folder, size):
+    """(names, x (N, size, size, 3) float32): the bundle's examples/, then made_images."""
+    from lungclf.preprocess import IMAGE_EXTENSIONS, load_image
+
+    examples = os.path.join(folder, "examples")
+    names = sorted(f for f in os.listdir(examples) if f.lower().endswith(IMAGE_EXTENSIONS)) \
+        if os.path.isdir(examples) else []
+    images = [load_image(os.path.join(examples, f), size) for f in names]
+    made = made_images(size)
+    return ["examples/" + f for f in names] + list(made), np.stack(images + list(made.values()))
+
+
+# ---------------------------------------------------------------- the check
+
+def compare(bundle, path, names=None, x=None):
+    """ONNX Runtime (CPU) on the file at path, one image at a time and all as one batch, against
+    explain_fn on the same images (by default check_images). Returns {"images",
+    "largest_difference" (absolute, per output), "scale" (the smallest temperature for logits;
+    the largest absolute value, at least 1, for features and maps), "relative_difference"
+    (largest / scale: what TOLERANCE bounds), "probabilities" (largest difference of the
+    calibrated probabilities), "same_label" (images with the same top class), "wrong_input"
+    (largest difference of the feature distance, and images with the same verdict by it),
+    "worst" (the output nearest its tolerance and the image where it is largest)}."""
+    import onnxruntime as ort
+
+    from lungclf.inference import calibrate, explain_fn
+
+    if x is None:
+        names, x = check_images(bundle.folder, bundle.input_size)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # the same sums in the same order however many cores
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    order = [o.name for o in session.get_outputs()]
+
+    def run(batch):
+        return dict(zip(order, session.run(None, {name: batch})))
+
+    keras_out = dict(zip(OUTPUTS, (t.numpy() for t in explain_fn(bundle.model)(x))))
+    one = [run(x[i:i + 1]) for i in range(len(x))]
+    ort_one = {k: np.concatenate([o[k] for o in one]) for k in OUTPUTS}
+    ort_all = run(x)
+    largest, scale, relative = {}, {}, {}
+    temperatures = [bundle.temperature] + ([bundle.meta.tta.temperature] if bundle.meta.tta.temperature else [])
+    for k in OUTPUTS:
+        ref = keras_out[k].astype(np.float64)
+        largest[k] = max(float(np.abs(ort_one[k] - ref).max()), float(np.abs(ort_all[k] - ref).max()))
+        scale[k] = min(temperatures) if k == "logits" else max(1.0, float(np.abs(ref).max()))
+        relative[k] = largest[k] / scale[k]
+    t = bundle.temperature
+    p_keras, p_onnx = calibrate(keras_out["logits"], t), calibrate(ort_one["logits"], t)
+    result = {
+        "images": len(x),
+        "largest_difference": largest,
+        "scale": scale,
+        "relative_difference": relative,
+        "probabilities": float(np.abs(p_keras - p_onnx).max()),
+        "same_label": int((p_keras.argmax(1) == p_onnx.argmax(1)).sum()),
+    }
+    reference = getattr(bundle, "reference", None)
+    if reference is not None:
+        d_keras, d_onnx = reference.distances(keras_out["features"]), reference.distances(ort_one["features"])
+        result["wrong_input"] = {"largest_distance_difference": float(np.abs(d_keras - d_onnx).max()),
+                                 "threshold": float(reference.threshold),
+                                 "same_verdict": int(((d_keras > reference.threshold)
+                                                      == (d_onnx > reference.threshold)).sum())}
+    worst = max(OUTPUTS, key=lambda k: relative[k] / TOLERANCE[k])
+    result["worst"] = {"output": worst, "image": names[int(np.abs(ort_one[worst] - keras_out[worst]).reshape(
+        len(x), -1).max(1).argmax())] if names else None}
+    return result
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(folder, out=None, opset=OPSET, tolerance=None):
+    """Export the bundle at folder to out (default folder/model.onnx) and check it; returns the
+    dict for metadata.json. Raises ExportError when ONNX Runtime and Keras differ by more than
+    the tolerance (the file is then not written) or when the export itself fails."""
+    from lungclf.bundle import BundleError, load
+
+    tolerance = {**TOLERANCE, **(tolerance or {})}
+    _need_onnx()
+    try:
+        bundle = load(folder)
+    except BundleError as e:
+        raise TrainingError(f"refused: {e}") from None
+    out = out or os.path.join(bundle.folder, FILE)
+    tmp = f"{out}.partial"
+    try:
+        to_onnx(bundle.model, tmp, opset, bundle.meta.model.sha256)
+        check = compare(bundle, tmp)
+        over = {k: check["relative_difference"][k] for k in OUTPUTS
+                if not check["relative_difference"][k] <= tolerance[k]}  # NaN fails too
+        if over:
+            worst = check["worst"]
+            raise ExportError(
+                f"{folder}: ONNX Runtime and Keras differ by more than the tolerance on "
+                + ", ".join(f"{k} ({check['largest_difference'][k]:.3g}, {v:.3g} of their scale "
+                            f"{check['scale'][k]:.3g}, > {tolerance[k]:g})" for k, v in over.items())
+                + f", worst on {worst['image']}; {FILE} not written")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {
+        "file": os.path.basename(out),
+        "sha256": sha256(out),
+        "bytes": os.path.getsize(out),
+        "opset": opset,
+        "inputs": {"image": ["batch", bundle.input_size, bundle.input_size, 3]},
+        "outputs": list(OUTPUTS),
+        "source_sha256": bundle.meta.model.sha256,
+        "checked_on": check["images"],
+        "largest_difference": check["largest_difference"],
+        "scale": check["scale"],
+        "relative_difference": check["relative_difference"],
+        "tolerance": tolerance,
+        "probabilities_difference": check["probabilities"],
+        "same_label": check["same_label"],
+        **({"wrong_input": check["wrong_input"]} if "wrong_input" in check else {}),
+        "versions": versions(),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder (or Hub repo id[@revision])")
+    p.add_argument("--out", help=f"where to write the ONNX file (default BUNDLE/{FILE})")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    args = p.parse_args(argv)
+    with cli_errors():
+        result = export(args.bundle, args.out, args.opset)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
