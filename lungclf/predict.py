@@ -17,7 +17,7 @@ the app's TTA=1, wrong-input check) through `Classifier.analyse_many`; with --he
 the heatmap picture the app's /predict returns (lungclf.heatmap.overlay at the app's
 opacity), as DIR/<path below the common folder>.png.
 
-Out: one row per file, COLUMNS: path, label (the class's readable name, as the app shows
+Out: one row per file (`columns`): path, label (the class's readable name, as the app shows
 it), label_id, confidence (the label's probability), p_<label id> for every class,
 wrong_input, check, score, threshold, message (the wrong-input check's), error (why the
 file could not be classified; then the answer's columns are empty) and heatmap (the
@@ -27,8 +27,9 @@ the processes that classified; counts) is the Parquet schema metadata under the 
 "lungclf.predict", or OUT.json beside a CSV. `read_output(OUT)` gives both back.
 
 Resuming: rows are written every --chunk images to OUT.parts/part-*.json (each written
-under a temporary name, then renamed, so a part is whole or absent). Run the same command
-again after an interruption: the paths already in a part are skipped, and only the rest is
+under a temporary name, then renamed, so a part is whole or absent; a run interrupted in
+one process writes the rows it finished too). Run the same command again after an
+interruption: the paths already in a part are skipped, and only the rest is
 classified. At the end the parts are merged into OUT in input order and removed.
 OUT.parts/run.json holds the bundle's sha256 and the options: a rerun with another bundle
 or options is refused rather than mixed.
@@ -58,6 +59,7 @@ import csv
 import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -390,8 +392,14 @@ def dask_client(workers=None, scheduler=None):
             yield client
         return
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    with cluster, Client(cluster) as client:
-        yield client
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        # A worker holding TensorFlow takes more than the nanny's 4 s to stop, and the nanny
+        # then ends it with a warning that alarms and means nothing here.
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+        cluster.close()
 
 
 def predict(spec, source, out, chunk=256, batch_size=32, threads=None, heatmaps=None, tta=False,
@@ -417,8 +425,9 @@ def predict(spec, source, out, chunk=256, batch_size=32, threads=None, heatmaps=
     parts.start({"model_sha256": meta.model.sha256, "tta": tta, "heatmaps": heatmaps})
     done, _ = parts.done()
     todo = [p for p in paths if p not in done]
-    if classifier is not None and classifier.bundle.meta.model.sha256 != meta.model.sha256:
-        raise PredictError(f"the classifier given is not of the bundle {spec}")
+    if classifier is not None and (classifier.bundle.meta.model.sha256 != meta.model.sha256
+                                   or classifier.views != (meta.tta.views if tta else ["identity"])):
+        raise PredictError(f"the classifier given is not the bundle {spec} with tta={tta}")
     local = todo and not (workers or scheduler)
     if local:
         from lungclf.bundle import load

@@ -269,3 +269,18 @@ def test_the_benchmark_measures_predict_against_the_forward_pass(tmp_path):
     figures = json.load(open(tmp_path / "b.json"))
     assert figures["images"] == 96 and figures["forward_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
     assert figures["predict_over_forward"] > 0 and len(figures["load_before"]) == 3
+
+
+@pytest.mark.slow
+def test_with_tta_the_rows_are_the_apps_answers_with_TTA_on(tmp_path, archive):
+    from lungclf.bundle import load
+    from lungclf.inference import Classifier
+
+    app = Classifier(load(COMMITTED_MODEL), tta=True)  # app.py with TTA=1
+    out = str(tmp_path / "p.csv")
+    predict(COMMITTED_MODEL, os.path.join(archive, "slide2"), out, tta=True, progress=False, classifier=app)
+    rows, record = read_output(out)
+    assert record["options"]["tta"] is True
+    for row in [r for r in rows if r["error"] is None]:
+        probs = app.analyse(row["path"]).probabilities
+        assert [row[f"p_{lab}"] for lab in LABELS] == pytest.approx(list(probs.values()), abs=1e-6)
