@@ -336,7 +336,7 @@ def main(argv=None):
     if args.record and not ("classify" in apps and "floor" in apps):
         p.error("--record needs --apps with classify and floor (and predict, to record it too)")
     command = " ".join(["python scripts/benchmark_serving.py", "--model", os.path.relpath(args.model, ROOT),
-                        "--apps", args.apps, "--runs", str(args.runs)])
+                        "--apps", args.apps, "--runs", str(args.runs)] + ["--record"] * args.record)
     if args.quick:
         args.runs, args.requests, args.clients, args.per_client, args.anchor_size = 1, 3, 4, 2, 64
 
