@@ -190,6 +190,8 @@ HEATMAP_HTML = (
 
 def notice(verdict, modality):
     """The wrong-input check in words a visitor understands, shown beside the label."""
+    if verdict.check == "none":
+        return f"<small>{verdict.message}</small>"
     kind = kind_of(modality)
     numbers = (f"How far what the network sees in this image is from its training images: "
                f"**{verdict.score:.1f}**; images farther than {verdict.threshold:.1f} are flagged, a limit "
@@ -198,8 +200,6 @@ def notice(verdict, modality):
         return (f"### ⚠ Not reliable\n**{verdict.message}**\n\n"
                 f"<small>Check that failed: {verdict.check}. {numbers} "
                 "The label below is what the model would say, shown only for teaching.</small>")
-    if verdict.check == "none":
-        return f"<small>{verdict.message}</small>"
     return f"<small>✓ Looks like the {kind} this model was trained on. {numbers}</small>"
 
 

@@ -126,35 +126,40 @@ def train(recipe, out, args, argv=()):
         run = tracking.Run(recipe.name, recipe.to_dict() | {"modality": pre["modality"]}
                            | {f"{s}_images": counts[s]["images"] for s in ("train", "val", "test")})
         callbacks.append(run.callback())
-    job = None
-    if spread:  # N JAX workers fit; this process (TensorFlow, as the app) evaluates and writes
-        from training import distributed
+    try:  # a run that fails ends its MLflow run as FAILED, so the next one can start
+        job = None
+        if spread:  # N JAX workers fit; this process (TensorFlow, as the app) evaluates and writes
+            from training import distributed
 
-        model, history = distributed.fit(prepared, config, args.processes, args.coordinator, args.process_id,
-                                         cache=args.cache, callbacks_wanted=bool(callbacks),
-                                         worker_timeout=args.worker_timeout or distributed.WORKER_TIMEOUT)
-        if model is None:
-            print(f"worker {args.process_id} done; process 0 writes the bundle")
-            return None
-        job = model.job
-    else:
-        data = None
-        if args.cache:
-            from training import stream as streaming
+            model, history = distributed.fit(prepared, config, args.processes, args.coordinator, args.process_id,
+                                             cache=args.cache, callbacks_wanted=bool(callbacks),
+                                             worker_timeout=args.worker_timeout or distributed.WORKER_TIMEOUT)
+            if model is None:
+                print(f"worker {args.process_id} done; process 0 writes the bundle")
+                return None
+            job = model.job
+        else:
+            data = None
+            if args.cache:
+                from training import stream as streaming
 
-            data = streaming.fit_datasets(prepared, config, cache=args.cache)
-        model, history = steps.fit(prepared, config, callbacks, data=data)
-    seconds = time.time() - t0
-    results = steps.evaluate_and_calibrate(model, prepared, pre["tta_views"] if recipe.tta else None)
-    baseline = steps.baseline_on_split(prepared, config)
-    if baseline:
-        steps.print_against_baseline(results.test["macro_f1"], baseline)
+                data = streaming.fit_datasets(prepared, config, cache=args.cache)
+            model, history = steps.fit(prepared, config, callbacks, data=data)
+        seconds = time.time() - t0
+        results = steps.evaluate_and_calibrate(model, prepared, pre["tta_views"] if recipe.tta else None)
+        baseline = steps.baseline_on_split(prepared, config)
+        if baseline:
+            steps.print_against_baseline(results.test["macro_f1"], baseline)
 
-    with steps.staged(out) as stage:  # no bundle at `out` unless every part of it, the check included, is there
-        steps.write_bundle(stage, model, prepared, results, history, config, recipe=recipe, pre=pre,
-                           seconds=seconds, cross_validation=cv, distributed=job, command=command,
-                           baseline=baseline)
-        meta = steps.fit_wrong_input(stage, model, prepared, recipe)
+        with steps.staged(out) as stage:  # no bundle at `out` unless every part of it, the check included, is there
+            steps.write_bundle(stage, model, prepared, results, history, config, recipe=recipe, pre=pre,
+                               seconds=seconds, cross_validation=cv, distributed=job, command=command,
+                               baseline=baseline)
+            meta = steps.fit_wrong_input(stage, model, prepared, recipe)
+    except BaseException:
+        if run:
+            run.finish(None, out, status="FAILED")
+        raise
     if run:
         run.finish(meta, out)
     print(f"wrote bundle {out} ({meta['model']['bytes'] / 1e6:.1f} MB model) in {seconds / 60:.1f} min")
