@@ -1,6 +1,6 @@
 """Measure how fast the app serves, against a floor app that answers one label and nothing else.
 
-    python scripts/benchmark_serving.py                  # lc25000: classify, predict, floor; ~7 minutes
+    python scripts/benchmark_serving.py                  # lc25000: classify, predict, floor; ~5 minutes
     python scripts/benchmark_serving.py --model models/chest_ct --record   # into that bundle's card
     python scripts/benchmark_serving.py --quick          # a smoke run: seconds, figures meaningless
     python scripts/benchmark_serving.py --apps classify,anchor,floor       # the seed projects' anchor
