@@ -114,7 +114,12 @@ def test_an_unknown_schema_version_is_refused_saying_which_are_known(bundle):
 
 
 def test_a_mistyped_folder_says_where_it_looked_on_disk_and_on_the_hub(monkeypatch):
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set the variable and the value it
+    # was read into, both restored after this test (later tests in this process talk to a Hub).
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     message = refusal(load, "models/lc2500")
     assert "models/lc2500" in message and "no folder" in message and "on disk" in message
 
