@@ -216,6 +216,13 @@ def grid(cam):
     return None if cam is None else np.round(normalise(cam), 4).tolist()
 
 
+def model_choices(bundles):
+    """A model selector's choices: each model's modality and classes shown; its value (and
+    the API's) is the name."""
+    return [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
+            for n, s in bundles.items()]
+
+
 def served_model(bundles, model):
     """The Classifier named `model` (the first, default one when empty); a gr.Error naming
     the served models otherwise."""
@@ -244,9 +251,7 @@ def single_image_page(bundles):
     calls /classify and draws the map in the browser; /predict, for API clients, also returns
     the picture. Returns the model selector (the other tabs follow it)."""
     names = list(bundles)
-    # The selector shows each model's modality and classes; its value (and the API's) is the name.
-    choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
-               for n, s in bundles.items()]
+    choices = model_choices(bundles)
 
     def analyse(image, model):
         """(Classifier, Answer) of one image; gr.Error with a message for a bad one."""
@@ -263,6 +268,11 @@ def single_image_page(bundles):
             raise gr.Error("The image could not be classified. Try another file.",
                            print_exception=False) from None  # logged just above
 
+    def answer_values(served, answer):
+        """/classify's answer: label, check, the check in words, the heatmap's grid."""
+        return (answer.probabilities, answer.verdict.as_dict(),
+                notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
+
     def classify(image, model=None):
         """Classify one lung image and check that it looks like the model's training images;
         the heatmap comes as its grid (the page draws it over the image).
@@ -274,9 +284,7 @@ def single_image_page(bundles):
             The classes with their calibrated confidences; the wrong-input check; the check
             in words; the heatmap's raw grid.
         """
-        served, answer = analyse(image, model)
-        return (answer.probabilities, answer.verdict.as_dict(),
-                notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
+        return answer_values(*analyse(image, model))
 
     def predict(image, model=None):
         """Classify one lung image, check that it looks like the model's training images, and
@@ -290,9 +298,9 @@ def single_image_page(bundles):
             over the image; the check in words; the heatmap's raw grid.
         """
         served, answer = analyse(image, model)
+        label, check, words, cam_grid = answer_values(served, answer)
         picture = None if answer.cam is None else overlay(answer.rgb, answer.cam, OPACITY)
-        return (answer.probabilities, answer.verdict.as_dict(), picture,
-                notice(answer.verdict, served.bundle.meta.task.modality), grid(answer.cam))
+        return label, check, picture, words, cam_grid
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
@@ -403,8 +411,7 @@ def build_batch_tabs(bundles, first_model):
     (the series tab only to a CT model); the series tab starts on the CT model with the best
     held-out macro-F1. A switch clears the tab's results."""
     names = list(bundles)
-    choices = [(f"{n} ({s.bundle.meta.task.modality}, {len(s.bundle.labels)} classes)", n)
-               for n, s in bundles.items()]
+    choices = model_choices(bundles)
     cts = [n for n, s in bundles.items() if is_ct(s)]
     ct = max(cts, key=lambda n: bundles[n].bundle.meta.metrics.test.macro_f1) if cts else names[0]
 

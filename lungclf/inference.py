@@ -115,9 +115,10 @@ def explain_fn(model):
     return tf.function(explain, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
 
-def predict_features(model, x, batch_size=64):
-    """(logits, penultimate features) of `model` on the array x (N, S, S, 3), in batches."""
-    forward = forward_fn(model, traced=False)
+def predict_features(model, x, batch_size=64, forward=None):
+    """(logits, penultimate features) of `model` on the array x (N, S, S, 3), in batches
+    (`forward`: forward_fn's function, made once by a caller that comes back batch after batch)."""
+    forward = forward or forward_fn(model, traced=False)
     logits, feats = [], []
     for i in range(0, len(x), batch_size):
         z, f = forward(x[i:i + batch_size].astype(np.float32))

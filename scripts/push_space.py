@@ -54,6 +54,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from lungclf.bundle import ALLOW_PATTERNS, BundleError, verify  # noqa: E402
+from scripts.push_to_hub import HINTS, fail, hub_refusal  # noqa: E402  (one wording for the Hub's refusals)
+
+SPACE_HINTS = HINTS | {
+    402: "the Hub requires a paid plan to create a Gradio Space (PRO for a personal account, "
+         "Team or Enterprise for an organization); docs/publishing.md has other ways to host the app",
+    403: "the token may not write to this Space: use a token with write access"}
 
 TOP_FILES = ("app.py", "requirements.txt", "LICENSE", "README.md")
 PACKAGES = ("lungclf/",)
@@ -149,11 +155,6 @@ def publish(repo_id, private=False, revision=None, commit_message=None, root=ROO
             "private": bool(info.private), "files": files}
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(1)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repo_id", metavar="OWNER/NAME", help="the Space (created if missing)")
@@ -175,14 +176,7 @@ def main(argv=None):
     except (SpaceError, BundleError) as e:
         fail(f"not pushing the Space: {e}")
     except HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", None)
-        hint = {401: "the token was refused: check HF_TOKEN or run `hf auth login`",
-                402: "the Hub requires a paid plan to create a Gradio Space (PRO for a personal account, "
-                     "Team or Enterprise for an organization); docs/publishing.md has other ways to host the app",
-                403: "the token may not write to this Space: use a token with write access"}
-        server = (e.server_message or "").strip().splitlines()
-        fail(f"the Hub at {constants.ENDPOINT} answered HTTP {status}{': ' + server[0] if server else ''}"
-             f"{'; ' + hint[status] if status in hint else ''}")
+        fail(hub_refusal(e, SPACE_HINTS))
     except TransportError as e:
         fail(f"cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__})")
     print(f"published: {result['url']}{' (private)' if result['private'] else ''}")

@@ -49,6 +49,21 @@ def fail(message):
     raise SystemExit(1)
 
 
+HINTS = {401: "the token was refused: check HF_TOKEN or run `hf auth login`",
+         403: "the token may not write to this repo: use a token with write access"}
+
+
+def hub_refusal(e, hints=HINTS):
+    """One line for an HfHubHTTPError: the Hub's status, the first line of its message and
+    what to do about that status (`hints`: {status: what to do})."""
+    from huggingface_hub import constants
+
+    status = getattr(e.response, "status_code", None)
+    server = (e.server_message or "").strip().splitlines()
+    return (f"the Hub at {constants.ENDPOINT} answered HTTP {status}{': ' + server[0] if server else ''}"
+            f"{'; ' + hints[status] if status in hints else ''}")
+
+
 def stage(bundle, staging):
     """Copy the bundle's files (those ALLOW_PATTERNS names) from `bundle` into `staging`,
     keeping their relative paths; the source folder is only read."""
@@ -143,13 +158,7 @@ def main(argv=None):
     try:
         return publish(args)
     except HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", None)
-        hint = {401: "the token was refused: check HF_TOKEN or run `hf auth login`",
-                403: "the token may not write to this repo: use a token with write access"}
-        server = (e.server_message or "").strip().splitlines()
-        fail(f"the Hub at {constants.ENDPOINT} answered HTTP {status}"
-             f"{': ' + server[0] if server else ''}"
-             f"{'; ' + hint[status] if status in hint else ''}")
+        fail(hub_refusal(e))
     except ValueError as e:  # ModelCard.validate: the Hub's answer lists the problems
         try:
             problems = "; ".join(err["message"] for err in json.loads(str(e))["errors"])

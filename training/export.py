@@ -349,19 +349,11 @@ def compare(bundle, path, names=None, x=None):
     return result
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export(folder, out=None, opset=OPSET, tolerance=None):
     """Export the bundle at folder to out (default folder/model.onnx) and check it; returns the
     dict for metadata.json. Raises ExportError when ONNX Runtime and Keras differ by more than
     the tolerance (the file is then not written) or when the export itself fails."""
-    from lungclf.bundle import BundleError, load
+    from lungclf.bundle import BundleError, load, sha256
 
     tolerance = {**TOLERANCE, **(tolerance or {})}
     _need_onnx()

@@ -230,14 +230,15 @@ def split_features(model, data, split, batch_size=64):
     if data.x is not None:
         x = data.x[mask]
         return features(model, x, batch_size), pixel_stats(x), np.asarray(data.y)[mask], np.ones(len(x), bool)
-    from lungclf.inference import predict_features
+    from lungclf.inference import forward_fn, predict_features
     from training import stream
 
+    forward = forward_fn(model, traced=False)  # once: each batch reuses it
     feats, stats, ys, oks = [np.zeros((0, model.layers[-1].input.shape[-1]), np.float32)], [np.zeros((0, 8))], [], []
     for x, y, ok in stream.read_batches(stream.files(data, split), model.inputs[0].shape[1], batch_size):
         x, y = x[ok].astype(np.float32), y[ok]
         if len(x):
-            feats.append(predict_features(model, x, batch_size)[1])
+            feats.append(predict_features(model, x, batch_size, forward)[1])
             stats.append(pixel_stats(x))
         ys.append(y)
         oks.append(ok)
