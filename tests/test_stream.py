@@ -94,7 +94,7 @@ def test_streamed_logits_equal_the_forward_pass_on_decoded_arrays(files):
 
 
 @pytest.mark.slow
-def test_the_wrong_input_fit_reads_streamed_files_as_it_reads_decoded_images(tiny_bundle):
+def test_the_wrong_input_fit_reads_streamed_files_as_it_reads_decoded_images(tiny_bundle, tmp_path):
     import dataclasses
 
     from lungclf.bundle import load
@@ -111,3 +111,7 @@ def test_the_wrong_input_fit_reads_streamed_files_as_it_reads_decoded_images(tin
         np.testing.assert_allclose(f2, f, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(s2, s, rtol=1e-6, atol=1e-6)
         assert (y2 == y).all() and ok2.all() and len(ok2) == len(ok)
+        f3, s3, _, _ = split_features(model, streamed_data, split, batch_size=5, folder=str(tmp_path))
+        assert isinstance(f3, np.memmap) and f3.filename == str(tmp_path / f"{split}.npy")  # on disk
+        np.testing.assert_array_equal(f3, f2)
+        np.testing.assert_array_equal(s3, s2)

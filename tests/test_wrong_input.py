@@ -88,6 +88,53 @@ def test_reference_of_the_wrong_shape_is_refused(tmp_path):
         Reference.load(str(path), spec(4), 3)
 
 
+def _in_memory_fit(f, y, n_classes, shrinkage=None):
+    """The fit as it was before the moments: scikit-learn on the class-centred rows in memory."""
+    from sklearn.covariance import LedoitWolf, ShrunkCovariance
+
+    means = np.stack([f[y == c].mean(axis=0) for c in range(n_classes)])
+    cov = (LedoitWolf(assume_centered=True) if shrinkage is None
+           else ShrunkCovariance(shrinkage=shrinkage, assume_centered=True)).fit(f - means[y])
+    return means, cov.precision_, float(getattr(cov, "shrinkage_", shrinkage))
+
+
+def _features(n=5000, d=24, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    f = rng.normal(0, 1, (n, d)) @ rng.normal(0, 1, (d, d)) * 0.3 + y[:, None] * rng.normal(0, 2, d) + 4
+    stats = np.tile(np.array([120, 110, 130, 30, 28, 32, 15, 9.0]), (n, 1)) + rng.normal(0, 1, (n, 8))
+    return f.astype(np.float32), y, stats
+
+
+@pytest.mark.parametrize("shrinkage", [None, 0.3])
+def test_the_fit_from_accumulated_moments_equals_scikit_learn_on_the_rows(shrinkage, tmp_path):
+    """Class means, the centred scatter and the fourth moment, accumulated BLOCK rows at a
+    time from a memmap on disk, give the reference the in-memory fit gave (to 1e-6 relative):
+    Ledoit-Wolf's own shrinkage and a chosen one."""
+    from training import wrong_input
+
+    f, y, stats = _features()
+    on_disk = np.lib.format.open_memmap(tmp_path / "f.npy", "w+", np.float32, f.shape)
+    on_disk[:] = f
+    means, precision, used = _in_memory_fit(f.astype(np.float64), y, 3, shrinkage)
+    for feats in (f, np.load(tmp_path / "f.npy", mmap_mode="r")):
+        ref, got = wrong_input.fit(feats, y, stats, 3, shrinkage=shrinkage)
+        np.testing.assert_allclose(ref.means, means, rtol=1e-6)
+        np.testing.assert_allclose(ref.precision, precision, rtol=1e-6, atol=1e-9 * np.abs(precision).max())
+        assert got == pytest.approx(used, rel=1e-6)
+    assert wrong_input.BLOCK < len(f)  # several blocks were read
+
+
+def test_flags_read_in_blocks_equal_the_references_own():
+    from training.wrong_input import BLOCK, fit, flags
+
+    f, y, stats = _features(n=BLOCK + 300)
+    ref, _ = fit(f, y, stats, 3)
+    ref.threshold = float(np.median(ref.distances(f)))
+    for got, expected in zip(flags(ref, stats, f), ref.flags_of(stats, f)):
+        np.testing.assert_array_equal(got, expected)
+
+
 # ---------------------------------------------------------------- with a trained bundle
 
 def noise(path, seed):

@@ -10,7 +10,9 @@ if they differ; flags override the recipe's wrong-input settings. Then:
 
   1. fits the reference of lungclf/wrong_input.py on the images the model was fitted on:
      class means of the penultimate features and one shared covariance with Ledoit-Wolf
-     shrinkage (or wrong_input_shrinkage; scikit-learn, here only), the pixel statistics'
+     shrinkage (or wrong_input_shrinkage), accumulated in two passes over the features
+     (class sums; then the centred scatter and fourth moment that Ledoit-Wolf's formula
+     needs), which a streamed run keeps in a memmap on disk; the pixel statistics'
      mean and covariance (flagging beyond 1.25 x the largest training distance), and the
      colourfulness range of the images;
   2. sets the feature threshold so that wrong_input_quantile (default 5%) of images the
@@ -30,6 +32,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 
 import cv2
 import numpy as np
@@ -113,33 +116,96 @@ def features(model, x, batch_size=64):
     return predict_features(model, np.asarray(x, np.float32), batch_size)[1]
 
 
+BLOCK = 2048  # feature rows read at a time: what the fit holds besides its (D, D) sums
+
+
+def _blocks(n):
+    return (slice(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK))
+
+
+def class_moments(features, labels, n_classes):
+    """First pass: (class means (C, D), counts) of `features` (N, D; an array or a memmap on
+    disk), read BLOCK rows at a time in float64."""
+    y = np.asarray(labels)
+    sums = np.zeros((n_classes, features.shape[1]))
+    for b in _blocks(len(y)):
+        np.add.at(sums, y[b], np.asarray(features[b], np.float64))
+    counts = np.bincount(y, minlength=n_classes)
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
+def centred_scatter(features, labels, means):
+    """Second pass: (A, q, n): A = sum (x - mu_y)(x - mu_y)^T (D, D) and q = sum ||x - mu_y||^4
+    over the rows, each centred on its class mean: all that Ledoit-Wolf needs."""
+    y = np.asarray(labels)
+    d = features.shape[1]
+    scatter, quartic = np.zeros((d, d)), 0.0
+    for b in _blocks(len(y)):
+        x = np.asarray(features[b], np.float64) - means[y[b]]
+        scatter += x.T @ x
+        quartic += float(((x * x).sum(axis=1) ** 2).sum())
+    return scatter, quartic, len(y)
+
+
+def shrunk_covariance(scatter, quartic, n, shrinkage=None):
+    """(covariance, shrinkage) from the centred scatter: scikit-learn's LedoitWolf(
+    assume_centered=True) on the centred rows when `shrinkage` is None (its formula, from the
+    moments instead of the rows), else ShrunkCovariance's convex combination with that
+    shrinkage: (1 - s) S + s tr(S)/D I, S = A / n."""
+    d = scatter.shape[0]
+    emp = scatter / n
+    mu = np.trace(emp) / d
+    if shrinkage is None:
+        if d == 1:
+            shrinkage = 0.0
+        else:
+            delta_ = (emp ** 2).sum()  # ||A||_F^2 / n^2
+            beta = (quartic / n - delta_) / (d * n)
+            delta = (delta_ - 2.0 * mu * np.trace(emp) + d * mu ** 2) / d
+            beta = min(beta, delta)
+            shrinkage = 0.0 if beta == 0 else beta / delta
+    cov = (1.0 - shrinkage) * emp
+    cov.flat[::d + 1] += shrinkage * mu
+    return cov, float(shrinkage)
+
+
 def fit(train_features, train_labels, train_stats, n_classes, modality="", shrinkage=None):
     """The reference, without its feature threshold: class means and shared shrinkage
     precision of the features (Ledoit-Wolf's own shrinkage, or `shrinkage` towards a scaled
     identity); mean, precision and threshold of the pixel statistics; colour range.
-    `train_stats`: the training images' pixel statistics (lungclf.wrong_input.pixel_stats).
+    `train_features` (N, D): an array, or a memmap on disk (split_features with a folder):
+    read in two passes of BLOCK rows (class means, then the centred scatter and fourth
+    moment), so memory holds (D, D) sums, never the rows. `train_stats`: the training images'
+    pixel statistics (lungclf.wrong_input.pixel_stats), 8 numbers an image.
     Returns (reference, the shrinkage used)."""
-    from sklearn.covariance import LedoitWolf, ShrunkCovariance
+    from scipy.linalg import pinvh
+    from sklearn.covariance import LedoitWolf
 
-    f = np.asarray(train_features, np.float64)
     y = np.asarray(train_labels)
     missing = [c for c in range(n_classes) if not (y == c).any()]
     if missing:
         raise DataError(f"the training split has no image of class(es) {missing}: cannot fit the check")
-    means = np.stack([f[y == c].mean(axis=0) for c in range(n_classes)])
-    cov = (LedoitWolf(assume_centered=True) if shrinkage is None
-           else ShrunkCovariance(shrinkage=shrinkage, assume_centered=True)).fit(f - means[y])
+    means, _ = class_moments(train_features, y, n_classes)
+    cov, used = shrunk_covariance(*centred_scatter(train_features, y, means), shrinkage)
     stats = np.asarray(train_stats, np.float64)
     colour = stats[:, 6]
     lo, hi = np.quantile(colour, [0.001, 0.999])
     # A margin on both sides: half the lowest colourfulness seen, and 1.5 times the highest
     # plus 4 (JPEG colour noise on grey images).
     slw = LedoitWolf().fit(stats)
-    ref = Reference(means, cov.precision_, slw.location_, slw.precision_,
+    ref = Reference(means, pinvh(cov, check_finite=False), slw.location_, slw.precision_,
                     colour_range=(float(lo / 2), float(hi * 1.5 + 4)), modality=modality)
     # Pixel statistics flag only what is beyond every training image, by a quarter.
     ref.stats_threshold = float(mahalanobis(stats, ref.stats_mean, ref.stats_precision).max() * 1.25)
-    return ref, float(getattr(cov, "shrinkage_", shrinkage))
+    return ref, used
+
+
+def flags(ref, stats, feats):
+    """ref.flags_of(stats, feats) BLOCK rows at a time (feats may be a memmap on disk)."""
+    parts = [ref.flags_of(stats[b], np.asarray(feats[b])) for b in _blocks(len(stats))]
+    if not parts:
+        return ref.flags_of(stats, np.zeros((0, ref.feature_dim)))
+    return tuple(np.concatenate(a) for a in zip(*parts))
 
 
 def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None):
@@ -147,7 +213,7 @@ def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None):
     (their pixel statistics and features) is flagged by any of the checks (colour and pixel
     flags count too); `distances` replaces the features' distances to ref (out-of-fold
     distances, each to the reference of a fold that did not see it). Returns ref."""
-    by_colour, by_pixels, _, dist, _ = ref.flags_of(val_stats, val_features)
+    by_colour, by_pixels, _, dist, _ = flags(ref, val_stats, val_features)
     dist = dist if distances is None else np.asarray(distances)
     cheap = by_colour | by_pixels
     threshold = float(dist.max()) * 1.0001
@@ -162,7 +228,7 @@ def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None):
 def rate(ref, stats, feats, distances=None):
     """{"images", "flagged", "by_colour", "by_pixels", "by_features"} of a set (its pixel
     statistics and features; `distances` as in set_threshold): shares flagged."""
-    by_colour, by_pixels, by_features, _, _ = ref.flags_of(stats, feats)
+    by_colour, by_pixels, by_features, _, _ = flags(ref, stats, feats)
     if distances is not None:
         by_features = np.asarray(distances) > ref.threshold
     share = lambda m: round(float(m.mean()), 4) if len(stats) else None  # noqa: E731
@@ -220,12 +286,14 @@ def write_examples(bundle, data_root, paths, labels, ok, n=6, seed=0):
     return rows
 
 
-def split_features(model, data, split, batch_size=64):
+def split_features(model, data, split, batch_size=64, folder=None):
     """(features, pixel statistics, labels, readable) of one split of `data` (a
     training.datatypes.Prepared): from its decoded images (x), or, when it has none
     (--stream), read from the files batch by batch, so memory holds a batch of images and
-    (D + 8) numbers per image, never the images. `readable`: per file of the split, whether
-    it was read (the other rows are left out of the first three)."""
+    8 numbers per image, never the images. With `folder`, the streamed features go to
+    FOLDER/<split>.npy and come back as a read-only memmap of it (fit and flags read it
+    in blocks), so the (D numbers per image) features stay on disk too. `readable`: per file
+    of the split, whether it was read (the other rows are left out of the first three)."""
     mask = np.asarray(data.split) == split
     if data.x is not None:
         x = data.x[mask]
@@ -233,16 +301,28 @@ def split_features(model, data, split, batch_size=64):
     from lungclf.inference import forward_fn, predict_features
     from training import stream
 
+    files = stream.files(data, split)
+    dim = model.layers[-1].input.shape[-1]
+    if folder:
+        path = os.path.join(folder, f"{split}.npy")
+        store = np.lib.format.open_memmap(path, "w+", np.float32, (max(1, len(files.paths)), dim))
+    else:
+        store = np.zeros((len(files.paths), dim), np.float32)
     forward = forward_fn(model, traced=False)  # once: each batch reuses it
-    feats, stats, ys, oks = [np.zeros((0, model.layers[-1].input.shape[-1]), np.float32)], [np.zeros((0, 8))], [], []
-    for x, y, ok in stream.read_batches(stream.files(data, split), model.inputs[0].shape[1], batch_size):
+    n, stats, ys, oks = 0, [np.zeros((0, 8))], [], []
+    for x, y, ok in stream.read_batches(files, model.inputs[0].shape[1], batch_size):
         x, y = x[ok].astype(np.float32), y[ok]
         if len(x):
-            feats.append(predict_features(model, x, batch_size, forward)[1])
+            store[n:n + len(x)] = predict_features(model, x, batch_size, forward)[1]
             stats.append(pixel_stats(x))
+            n += len(x)
         ys.append(y)
         oks.append(ok)
-    return (np.concatenate(feats), np.concatenate(stats), np.concatenate(ys).astype(int) if ys else np.zeros(0, int),
+    if folder:
+        store.flush()
+        del store
+        store = np.load(path, mmap_mode="r")
+    return (store[:n], np.concatenate(stats), np.concatenate(ys).astype(int) if ys else np.zeros(0, int),
             np.concatenate(oks) if oks else np.zeros(0, bool))
 
 
@@ -255,17 +335,21 @@ def fit_bundle(bundle, model, data, *, recipe, command=None, log=print):
     tr, va, te = split == "train", split == "val", split == "test"
     log(f"wrong-input check: features of {tr.sum()} training, {va.sum()} validation, {te.sum()} test images"
         + (" (streamed)" if data.x is None else ""))
-    (f_tr, s_tr, y_tr, _), (f_va, s_va, _, _), (f_te, s_te, _, read_te) = (
-        split_features(model, data, name) for name in ("train", "val", "test"))
-    te = te.copy()
-    te[te] = read_te  # the test files that were read: the examples are chosen among them
-    va = len(f_va) > 0
-    meta = _read_meta(bundle)
-    ref, shrinkage = fit(f_tr, y_tr, s_tr, len(data.labels), meta["task"]["modality"], recipe.wrong_input_shrinkage)
-    set_threshold(ref, s_va, f_va, recipe.wrong_input_quantile) if va else \
-        set_threshold(ref, s_tr, f_tr, recipe.wrong_input_quantile)
-    rates = {"val": rate(ref, s_va, f_va), "test": rate(ref, s_te, f_te)}
-    ok = ~np.any(ref.flags_of(s_te, f_te)[:3], axis=0)
+    with tempfile.TemporaryDirectory(prefix="wrong-input-") as work:  # streamed features, on disk
+        folder = work if data.x is None else None
+        (f_tr, s_tr, y_tr, _), (f_va, s_va, _, _), (f_te, s_te, _, read_te) = (
+            split_features(model, data, name, folder=folder) for name in ("train", "val", "test"))
+        te = te.copy()
+        te[te] = read_te  # the test files that were read: the examples are chosen among them
+        va = len(f_va) > 0
+        meta = _read_meta(bundle)
+        ref, shrinkage = fit(f_tr, y_tr, s_tr, len(data.labels), meta["task"]["modality"],
+                             recipe.wrong_input_shrinkage)
+        set_threshold(ref, s_va, f_va, recipe.wrong_input_quantile) if va else \
+            set_threshold(ref, s_tr, f_tr, recipe.wrong_input_quantile)
+        rates = {"val": rate(ref, s_va, f_va), "test": rate(ref, s_te, f_te)}
+        ok = ~np.any(flags(ref, s_te, f_te)[:3], axis=0)
+        del f_tr, f_va, f_te  # the memmaps, before their folder goes
     return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
                   f"train split ({int(tr.sum())} images)", command, log)
 
