@@ -17,6 +17,12 @@ Settings (environment variables, all optional):
     BATCH_MAX_FILES, BATCH_MAX_MB, BATCH_MAX_PIXELS, ZIP_MAX_RATIO
                         limits of one /predict_batch or /predict_series request (lungclf.batch)
     BATCH_CONCURRENCY_LIMIT  batches run at once, beside the single images (default 1)
+    ENGINE              auto: ONNX Runtime for a bundle with a checked model.onnx, else
+                        TensorFlow (default); keras: TensorFlow always; onnx: refuse a bundle
+                        without model.onnx (lungclf.inference)
+    OPENBLAS_NUM_THREADS  NumPy's BLAS threads (default 1 here: requests run side by side in
+                        Gradio's threads, and BLAS threads spinning beside them cost more CPU
+                        than they save; docs/performance.md)
     GRADIO_MCP_SERVER   True: also serve /predict and /predict_batch as MCP tools for AI
                         assistants at /gradio_api/mcp/ (Gradio's own setting; default off)
 
@@ -40,6 +46,9 @@ import sys
 import tempfile
 import time
 
+# Before NumPy is first imported, or it starts one spinning BLAS thread per core.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import cv2
 import gradio as gr
 import numpy as np
@@ -47,7 +56,7 @@ import numpy as np
 from lungclf import batch
 from lungclf.bundle import BundleError, load
 from lungclf.heatmap import normalise, overlay
-from lungclf.inference import Classifier, label_text
+from lungclf.inference import Classifier, EngineError, label_text
 from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError
 from lungclf.wrong_input import kind_of
 
@@ -67,19 +76,24 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**12))
 LIMITS = batch.Limits.from_env()
 BATCH_CONCURRENCY_LIMIT = int(os.environ.get("BATCH_CONCURRENCY_LIMIT", "1"))
 TTA = os.environ.get("TTA", "0").strip().lower() in ("1", "true", "yes", "on")
+ENGINE = os.environ.get("ENGINE", "auto").strip().lower()
 NOTICE = ("**For research and education only. Not for diagnosis.** This model has not been "
           "validated for clinical use; never use its output to make decisions about a patient.")
 
 log = logging.getLogger("app")
 
 
-def load_bundles(model_repo, tta=TTA):
-    """Load, verify and warm up every bundle in a comma-separated MODEL_REPO value, keyed by name."""
+def load_bundles(model_repo, tta=TTA, engine=ENGINE):
+    """Load, verify and warm up every bundle in a comma-separated MODEL_REPO value, keyed by name.
+    Each request runs its network on one thread: CONCURRENCY_LIMIT requests run side by side."""
     bundles = {}
     for spec in [s for s in model_repo.split(",") if s.strip()]:
         b = load(spec)
-        bundles[b.name] = Classifier(b, tta)
-        log.warning("serving %s from %s", b.name, spec.strip())
+        try:
+            bundles[b.name] = Classifier(b, tta, engine, threads=1)
+        except (EngineError, ValueError) as e:
+            raise BundleError(f"{spec.strip()}: ENGINE={engine}: {e}") from None
+        log.warning("serving %s from %s (%s)", b.name, spec.strip(), bundles[b.name].engine)
     if not bundles:
         raise BundleError("MODEL_REPO names no bundle")
     return bundles

@@ -8,6 +8,8 @@
     wrong_input.npz optional: the wrong-input check's reference arrays (lungclf.wrong_input),
                     read with allow_pickle=False after its sha256 is checked
     recipe.json     optional: the resolved training recipe (training/recipe.py), sha256 checked
+    model.onnx      optional: the same network as ONNX (python -m training.export), checked against
+                    model.keras at export and by sha256 here; the app serves it with ONNX Runtime
     README.md       the model card (training.card)
     figures/        confusion matrix, training curves, reliability diagram
     examples/       optional: a few images from the bundle's own held-out test split
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from lungclf import import_keras, schema
 FILES = ("model.keras", "classes.json", "metadata.json", "README.md")
 ALLOW_PATTERNS = ["model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz", "recipe.json",
-                  "figures/*", "examples/*"]
+                  "model.onnx", "figures/*", "examples/*"]
 
 log = logging.getLogger("bundle")
 
@@ -155,6 +157,11 @@ class Bundle:
     def temperature(self):
         return self.meta.calibration.temperature
 
+    @property
+    def onnx_path(self):
+        """The verified model.onnx, or None for a bundle without one."""
+        return None if self.meta.onnx is None else os.path.join(self.folder, self.meta.onnx.file)
+
 
 def _read_json(folder, name, spec):
     try:
@@ -169,7 +176,8 @@ INCOMPLETE = "INCOMPLETE"  # training writes a bundle with this file in it and r
 
 def verify(folder, spec=None):
     """Check a bundle folder without loading the model: files, every metadata field the app
-    reads (lungclf.schema), classes, sha256 of model.keras. Returns (Metadata, Classes)."""
+    reads (lungclf.schema), classes, sha256 of model.keras (and of the reference, recipe and
+    ONNX model it names). Returns (Metadata, Classes)."""
     spec = spec or folder
     if os.path.exists(os.path.join(folder, INCOMPLETE)):
         raise BundleError(f"{spec}: training did not finish writing this bundle (it holds the file "
@@ -205,13 +213,14 @@ def verify(folder, spec=None):
         if actual != w.sha256:
             raise BundleError(f"{spec}: sha256 of {w.file} does not match metadata.json (expected "
                               f"{w.sha256[:12]}..., got {actual[:12]}...); refusing to load it")
-    r = meta.recipe
-    if r is not None:
-        path = os.path.join(folder, r.file)
+    for what, part in (("a recipe", meta.recipe), ("an ONNX model", meta.onnx)):
+        if part is None:
+            continue
+        path = os.path.join(folder, part.file)
         if not os.path.isfile(path):
-            raise BundleError(f"{spec}: metadata.json names a recipe {r.file}, which is missing")
-        if sha256(path) != r.sha256:
-            raise BundleError(f"{spec}: sha256 of {r.file} does not match metadata.json; refusing to load it")
+            raise BundleError(f"{spec}: metadata.json names {what} {part.file}, which is missing")
+        if sha256(path) != part.sha256:
+            raise BundleError(f"{spec}: sha256 of {part.file} does not match metadata.json; refusing to load it")
     return meta, classes
 
 

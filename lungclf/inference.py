@@ -15,6 +15,11 @@ Training and evaluation call `predict_logits`, the app calls `Classifier`: one p
     clf.analyse("tile.jpeg")         # Answer: probabilities, wrong-input verdict, heatmap
     clf.analyse_many(paths)          # the same Answers for many files, decoded in threads and
                                      # run through the traced graph 32 at a time (lungclf.predict)
+
+The engine: a bundle with a checked model.onnx (python -m training.export) is served by ONNX
+Runtime, which runs these small networks at batch size 1 several times faster than TensorFlow
+on a CPU (docs/performance.md); a bundle without one, or engine="keras", by the traced Keras
+call. Both give the same three arrays (the export fails above 1e-3 of each output's scale).
 """
 
 import os
@@ -115,6 +120,36 @@ def explain_fn(model):
     return tf.function(explain, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
 
+ENGINES = ("auto", "onnx", "keras")
+ONNX_OUTPUTS = ("logits", "features", "maps")
+
+
+class EngineError(RuntimeError):
+    """engine="onnx" asked of a bundle without model.onnx, or without onnxruntime installed."""
+
+
+def onnx_fn(path, threads=None):
+    """x (N, S, S, 3) float32 0..255 -> [logits, features, maps] as numpy arrays, from the
+    bundle's model.onnx on ONNX Runtime's CPU kernels. threads: intra-op threads per call (the
+    app uses 1: its worker threads run requests side by side, and one thread per call keeps
+    them from spinning against each other on a small CPU); None: ONNX Runtime's default, one
+    per core. A session may be called from several threads at once."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def explain(x):
+        return session.run(list(ONNX_OUTPUTS), {"image": np.ascontiguousarray(x, np.float32)})
+
+    return explain
+
+
 def predict_features(model, x, batch_size=64, forward=None):
     """(logits, penultimate features) of `model` on the array x (N, S, S, 3), in batches
     (`forward`: forward_fn's function, made once by a caller that comes back batch after batch)."""
@@ -158,12 +193,17 @@ class Answer:
 
 
 class Classifier:
-    """A bundle ready to answer: the forward pass is traced and warmed up once, here, so a
-    request only decodes its image and runs the graph. With tta=True the logits are
+    """A bundle ready to answer: the engine (ONNX Runtime for a bundle with model.onnx, else
+    the traced Keras call; see the module's docstring) is made and warmed up once, here, so a
+    request only decodes its image and runs the network. With tta=True the logits are
     averaged over the bundle's views and calibrated with the temperature fitted for them;
-    the wrong-input check and the heatmap read the identity view (as they were fitted)."""
+    the wrong-input check and the heatmap read the identity view (as they were fitted).
+    `forward` and `explain` stay the traced Keras functions (traced on first use) for callers
+    that compare with Keras; `run` is what answers use."""
 
-    def __init__(self, bundle, tta=False):
+    def __init__(self, bundle, tta=False, engine="auto", threads=None):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.bundle = bundle
         self.size = bundle.input_size
         meta = bundle.meta
@@ -177,16 +217,39 @@ class Classifier:
             self.explain = explain_fn(bundle.model)
         except heatmap.NoHeatmap:
             self.explain = None  # e.g. the benchmark's anchor network: answers without a heatmap
-        zeros = np.zeros((1, self.size, self.size, 3), np.float32)
-        self.probabilities(zeros)  # trace, warm up
-        if self.explain is not None:
-            self.explain(zeros)
+        self.engine, self._onnx = self._engine(engine, threads)
+        self.run(np.zeros((1, self.size, self.size, 3), np.float32))  # trace or load, warm up
+
+    def _engine(self, engine, threads):
+        path = getattr(self.bundle, "onnx_path", None)
+        if engine == "keras" or (engine == "auto" and path is None):
+            return "keras", None
+        if path is None:
+            raise EngineError(f"{self.bundle.name}: engine 'onnx' asked, but the bundle has no model.onnx "
+                              f"(python -m training.export {self.bundle.folder} writes one)")
+        try:
+            return "onnx", onnx_fn(path, threads)
+        except ImportError:
+            if engine == "onnx":
+                raise EngineError("engine 'onnx' needs onnxruntime: pip install -r requirements.txt") from None
+            return "keras", None  # the bundle still answers, by TensorFlow
+
+    def run(self, x, maps=True):
+        """The network on a batch x (N, S, S, 3) float32 0..255 -> (logits, features, maps or
+        None) as numpy arrays; maps=False may skip the maps (None for a network without them)."""
+        if self._onnx is not None:
+            logits, feats, cams = self._onnx(x)
+            return logits, feats, cams if maps else None
+        if maps and self.explain is not None:
+            return tuple(t.numpy() for t in self.explain(x))
+        logits, feats = self.forward(x)
+        return logits.numpy(), feats.numpy(), None
 
     def probabilities(self, x):
         """Calibrated class probabilities of a batch x (N, S, S, 3), float32 0..255."""
         if len(self.views) > 1:
             x = tta_views(x, self.views)
-        logits = self.forward(x)[0].numpy()
+        logits = self.run(x, maps=False)[0]
         return calibrate(tta_mean(logits, len(self.views)), self.temperature)
 
     def classify(self, source):
@@ -201,10 +264,7 @@ class Classifier:
         rgb = read_rgb(source, self.size)
         x = resize(rgb, self.size).astype(np.float32)[None]
         batch = tta_views(x, self.views) if len(self.views) > 1 else x
-        if self.explain is not None:
-            logits, feats, maps = (t.numpy() for t in self.explain(batch))
-        else:
-            (logits, feats), maps = (t.numpy() for t in self.forward(batch)), None
+        logits, feats, maps = self.run(batch)
         probs = calibrate(tta_mean(logits, len(self.views)), self.temperature)[0]
         top = int(probs.argmax())
         if self.reference is not None:
@@ -262,10 +322,7 @@ class Classifier:
         """The network on decoded images [(rgb, resized)]: (x, logits, features, maps or None)."""
         x = np.stack([xi for _, xi in decoded]).astype(np.float32)  # as load_image's, batched
         batch = tta_views(x, self.views) if len(self.views) > 1 else x
-        if heatmaps and self.explain is not None:
-            logits, feats, maps = (t.numpy() for t in self.explain(batch))
-        else:
-            (logits, feats), maps = (t.numpy() for t in self.forward(batch)), None
+        logits, feats, maps = self.run(batch, maps=heatmaps)
         return x, logits, feats, maps
 
     def _answers(self, decoded, forwarded):

@@ -20,7 +20,9 @@ Versions (the `schema` field):
                                and optional `examples` (files in examples/, for the card);
                                optional `recipe` (RecipeFile: recipe.json, the resolved
                                training recipe, checked by sha256), `baseline` and
-                               `cross_validation` (figures for the card)
+                               `cross_validation` (figures for the card); optional `onnx`
+                               (OnnxFile: model.onnx, the same network for ONNX Runtime in the
+                               app and in the browser, checked against model.keras at export)
 A /1 file is read as /2 by `migrate`: the one preprocessing /1 could describe is /2's
 defaults. `python -m lungclf.bundle --upgrade FOLDER` rewrites a /1 metadata.json as /2.
 """
@@ -162,6 +164,23 @@ class RecipeFile:
 
 
 @dataclass(frozen=True)
+class OnnxFile:
+    """The bundle's network as ONNX (training/export.py): one input `image`, outputs logits,
+    features and maps. The app serves it with ONNX Runtime when it is there; the static page
+    runs it in the browser. The export's check (differences from Keras per output, the images,
+    the versions) is kept in the raw block for the card."""
+
+    sha256: str  # of `file`, checked before it is read
+    source_sha256: str  # sha256 of the model.keras it was exported from: must be this bundle's
+    opset: int
+    relative_difference: dict[str, float]  # per output: largest difference from Keras over its scale
+    tolerance: dict[str, float]  # per output: the largest relative difference the export allowed
+    file: Literal["model.onnx"] = "model.onnx"
+    outputs: list[Literal["logits", "features", "maps"]] = field(
+        default_factory=lambda: ["logits", "features", "maps"])
+
+
+@dataclass(frozen=True)
 class Metadata:
     schema: Literal["lung-classifier-bundle/2"]
     name: str
@@ -178,6 +197,7 @@ class Metadata:
     description: str = ""
     wrong_input: WrongInput | None = None
     recipe: RecipeFile | None = None  # bundles made before recipes have none
+    onnx: OnnxFile | None = None  # bundles not exported (python -m training.export) have none
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -308,6 +328,17 @@ def parse_metadata(meta):
                  "[low, high] with 0 <= low <= high", list(w.colour_range))
     if m.recipe is not None:
         _require(re.fullmatch(r"[0-9a-f]{64}", m.recipe.sha256), "recipe.sha256", "64 hex digits", m.recipe.sha256)
+    o = m.onnx
+    if o is not None:
+        _require(re.fullmatch(r"[0-9a-f]{64}", o.sha256), "onnx.sha256", "64 hex digits", o.sha256)
+        _require(o.source_sha256 == m.model.sha256, "onnx.source_sha256",
+                 f"model.sha256 ({m.model.sha256[:12]}...: exported from this bundle's model.keras)",
+                 o.source_sha256)
+        _require(sorted(o.outputs) == ["features", "logits", "maps"], "onnx.outputs",
+                 "['logits', 'features', 'maps']", o.outputs)
+        over = [k for k, v in o.relative_difference.items() if not v <= o.tolerance.get(k, 0.0)]
+        _require(not over, "onnx.relative_difference", "differences within onnx.tolerance",
+                 {k: o.relative_difference[k] for k in over})
     _require("test" in m.split.counts, "split.counts", "an object with a 'test' entry", list(m.split.counts))
     for name in ("accuracy", "macro_f1"):
         v = getattr(m.metrics.test, name)

@@ -79,6 +79,22 @@ def test_a_changed_model_file_fails_the_sha256(bundle):
     assert "sha256 of model.keras does not match" in refusal(verify, str(bundle))
 
 
+def test_a_changed_onnx_model_fails_its_sha256(bundle):
+    with open(bundle / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    assert "sha256 of model.onnx does not match" in refusal(verify, str(bundle))
+
+
+def test_an_onnx_model_exported_from_another_model_keras_is_refused(bundle):
+    edit(bundle, "metadata.json", lambda m: m["onnx"].update(source_sha256="0" * 64))
+    assert "onnx.source_sha256: expected model.sha256" in refusal(verify, str(bundle))
+
+
+def test_an_onnx_export_outside_its_tolerance_is_refused(bundle):
+    edit(bundle, "metadata.json", lambda m: m["onnx"]["relative_difference"].update(logits=0.5))
+    assert "onnx.relative_difference: expected differences within onnx.tolerance" in refusal(verify, str(bundle))
+
+
 def test_an_input_size_the_model_does_not_have_is_refused_at_load(bundle):
     edit(bundle, "metadata.json", lambda m: m["preprocessing"].update(input_size=[96, 96, 3]))
     message = refusal(load, str(bundle))

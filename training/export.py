@@ -1,6 +1,7 @@
 """Export a bundle's network to ONNX for the browser page (web/), checked against Keras.
 
-    python -m training.export models/lc25000     # writes models/lc25000/model.onnx, prints the check
+    python -m training.export models/lc25000     # writes models/lc25000/model.onnx, records the check
+                                                 # in its metadata.json (`onnx`), prints it
     python -m training.export BUNDLE --out /tmp/model.onnx --opset 17
 
 What for: the static page runs the bundle in the visitor's browser with onnxruntime-web,
@@ -35,6 +36,14 @@ lungclf.preprocess), and its outputs are compared with explain_fn's on the same 
 largest difference, relative to its output's scale, above TOLERANCE fails the export
 (ExportError; no file is left at the destination), and `export` returns what metadata.json
 will record (opset, differences, tolerance, versions, sha256 and size of model.onnx).
+
+The wrong-input reference goes to the page too (`web_reference`): BUNDLE/wrong_input.bin holds
+the arrays of wrong_input.npz as little-endian floats, and BUNDLE/wrong_input.json says where
+each one lies and carries the .bin's sha256 (the page checks it, as lungclf.bundle checks the
+.npz's). The CT models' 1280 x 1280 precision matrix is symmetric, so only its upper triangle
+is written, as float32 (3.3 MB instead of the .npz's 13 MB of float64): the page computes each
+distance in float64 from it, and the export checks on the same images that the distances differ
+from Python's float64 ones by less than REFERENCE_TOLERANCE and no verdict changes.
 
 Needs requirements-web.txt (tf2onnx, onnx, onnxruntime) besides the app's requirements.
 """
@@ -73,6 +82,13 @@ OUTPUTS = ("logits", "features", "maps")
 # wrong constant) gives differences of order 1.
 TOLERANCE = {"logits": 1e-3, "features": 1e-3, "maps": 1e-3}
 REQUIREMENTS = "pip install -r requirements-web.txt"
+REFERENCE_FILE, REFERENCE_DATA = "wrong_input.json", "wrong_input.bin"
+REFERENCE_FORMAT = "lung-classifier-wrong-input-web/1"
+# The feature distance from the float32 precision against Python's float64 one, relative to the
+# threshold: float32 keeps 24 bits (6e-8 relative per entry), and a distance of D = 1280 terms
+# moves by about sqrt(D) * 6e-8 of its size; 1e-5 of the threshold is over 100x that, and a
+# verdict changes only for an image within 1e-5 of the limit (none of the images checked).
+REFERENCE_TOLERANCE = 1e-5
 
 
 def _need_onnx():
@@ -349,6 +365,77 @@ def compare(bundle, path, names=None, x=None):
     return result
 
 
+def web_reference(reference, folder):
+    """Write the wrong-input reference (lungclf.wrong_input.Reference) in the page's form to
+    folder/wrong_input.bin and folder/wrong_input.json (see the module's docstring); returns
+    the header written to the .json. Arrays, in this order, little-endian:
+
+        means            float64 (C, D)            full
+        stats_mean       float64 (8,)              full
+        stats_precision  float64 (8, 8)            full, row after row
+        precision        float32 (D, D)            upper triangle, row after row: (i, j) for j >= i
+    """
+    d = reference.feature_dim
+    upper = np.triu_indices(d)
+    parts = [("means", "float64", reference.means, "full"),
+             ("stats_mean", "float64", reference.stats_mean, "full"),
+             ("stats_precision", "float64", reference.stats_precision, "full"),
+             ("precision", "float32", np.asarray(reference.precision)[upper], "upper")]
+    arrays, data, offset = [], [], 0
+    for name, dtype, a, layout in parts:
+        raw = np.ascontiguousarray(a, np.dtype(dtype).newbyteorder("<")).tobytes()
+        shape = [d, d] if name == "precision" else list(np.shape(getattr(reference, name)))
+        arrays.append({"name": name, "dtype": dtype, "shape": shape, "layout": layout,
+                       "offset": offset, "bytes": len(raw)})
+        data.append(raw)
+        offset += len(raw)
+    blob = b"".join(data)
+    header = {"format": REFERENCE_FORMAT, "file": REFERENCE_DATA, "sha256": hashlib.sha256(blob).hexdigest(),
+              "bytes": len(blob), "classes": int(reference.means.shape[0]), "feature_dim": d,
+              "arrays": arrays}
+    with open(os.path.join(folder, REFERENCE_DATA), "wb") as f:
+        f.write(blob)
+    with open(os.path.join(folder, REFERENCE_FILE), "w", encoding="utf-8") as f:
+        json.dump(header, f, indent=1)
+        f.write("\n")
+    return header
+
+
+def read_web_reference(folder):
+    """(header, {name: array}) of a reference written by web_reference, the precision unpacked to
+    a full (D, D) float64 matrix; ExportError when the .bin's sha256 is not the header's."""
+    with open(os.path.join(folder, REFERENCE_FILE), encoding="utf-8") as f:
+        header = json.load(f)
+    with open(os.path.join(folder, header["file"]), "rb") as f:
+        blob = f.read()
+    if hashlib.sha256(blob).hexdigest() != header["sha256"]:
+        raise ExportError(f"{header['file']}: sha256 differs from {REFERENCE_FILE}'s")
+    out = {}
+    for a in header["arrays"]:
+        v = np.frombuffer(blob, np.dtype(a["dtype"]).newbyteorder("<"), a["bytes"] // np.dtype(a["dtype"]).itemsize,
+                          a["offset"]).astype(np.float64)
+        if a["layout"] == "upper":
+            d = a["shape"][0]
+            full = np.zeros((d, d))
+            full[np.triu_indices(d)] = v
+            v = full + np.triu(full, 1).T
+        out[a["name"]] = v.reshape(a["shape"])
+    return header, out
+
+
+def check_web_reference(reference, arrays, features):
+    """Feature distances from the page's arrays against the reference's float64 ones, on features
+    (N, D): {"largest_distance_difference", "relative" (to the threshold), "same_verdict"}."""
+    from lungclf.wrong_input import Reference
+
+    web = Reference(arrays["means"], arrays["precision"], arrays["stats_mean"], arrays["stats_precision"],
+                    threshold=reference.threshold)
+    d_ref, d_web = reference.distances(features), web.distances(features)
+    largest = float(np.abs(d_ref - d_web).max())
+    return {"largest_distance_difference": largest, "relative": largest / float(reference.threshold),
+            "same_verdict": int(((d_ref > reference.threshold) == (d_web > reference.threshold)).sum())}
+
+
 def export(folder, out=None, opset=OPSET, tolerance=None):
     """Export the bundle at folder to out (default folder/model.onnx) and check it; returns the
     dict for metadata.json. Raises ExportError when ONNX Runtime and Keras differ by more than
@@ -365,7 +452,8 @@ def export(folder, out=None, opset=OPSET, tolerance=None):
     tmp = f"{out}.partial"
     try:
         to_onnx(bundle.model, tmp, opset, bundle.meta.model.sha256)
-        check = compare(bundle, tmp)
+        names, x = check_images(bundle.folder, bundle.input_size)
+        check = compare(bundle, tmp, names, x)
         over = {k: check["relative_difference"][k] for k in OUTPUTS
                 if not check["relative_difference"][k] <= tolerance[k]}  # NaN fails too
         if over:
@@ -375,6 +463,7 @@ def export(folder, out=None, opset=OPSET, tolerance=None):
                 + ", ".join(f"{k} ({check['largest_difference'][k]:.3g}, {v:.3g} of their scale "
                             f"{check['scale'][k]:.3g}, > {tolerance[k]:g})" for k, v in over.items())
                 + f", worst on {worst['image']}; {FILE} not written")
+        reference = export_reference(bundle, tmp, x, os.path.dirname(os.path.abspath(out)))
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -395,8 +484,56 @@ def export(folder, out=None, opset=OPSET, tolerance=None):
         "probabilities_difference": check["probabilities"],
         "same_label": check["same_label"],
         **({"wrong_input": check["wrong_input"]} if "wrong_input" in check else {}),
+        **({"reference": reference} if reference else {}),
         "versions": versions(),
     }
+
+
+def export_reference(bundle, onnx_path, x, folder):
+    """The bundle's wrong-input reference in the page's form (web_reference) in folder, checked
+    on the ONNX features of the images x; returns {"file", "sha256", "data": {"file", "sha256",
+    "bytes"}, "check"} for metadata.json, or None for a bundle without a reference. Raises
+    ExportError (and removes both files) when a distance moves by more than REFERENCE_TOLERANCE
+    of the threshold or a verdict changes."""
+    from lungclf.bundle import sha256
+
+    reference = getattr(bundle, "reference", None)
+    if reference is None:
+        return None
+    import onnxruntime as ort
+
+    header = web_reference(reference, folder)
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    features = session.run(["features"], {session.get_inputs()[0].name: x})[0]
+    _, arrays = read_web_reference(folder)
+    check = check_web_reference(reference, arrays, features)
+    if not (check["relative"] <= REFERENCE_TOLERANCE and check["same_verdict"] == len(x)):
+        for name in (REFERENCE_FILE, REFERENCE_DATA):
+            os.remove(os.path.join(folder, name))
+        raise ExportError(f"{bundle.folder}: the page's wrong-input reference moves a distance by "
+                          f"{check['largest_distance_difference']:.3g} ({check['relative']:.3g} of the threshold, "
+                          f"> {REFERENCE_TOLERANCE:g}) or a verdict ({check['same_verdict']} of {len(x)} the same); "
+                          f"{REFERENCE_FILE} not written")
+    path = os.path.join(folder, REFERENCE_FILE)
+    return {"file": REFERENCE_FILE, "sha256": sha256(path), "format": REFERENCE_FORMAT,
+            "data": {"file": REFERENCE_DATA, "sha256": header["sha256"], "bytes": header["bytes"]},
+            "check": check}
+
+
+def record(folder, result):
+    """Write export()'s result into folder/metadata.json as its `onnx` block (lungclf.schema.OnnxFile),
+    which makes the app serve model.onnx and the bundle's verify check its sha256."""
+    from lungclf.bundle import BundleError, verify, write_json
+
+    path = os.path.join(folder, "metadata.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["onnx"] = result
+    write_json(path, meta)
+    try:
+        verify(folder)
+    except BundleError as e:
+        raise ExportError(f"{folder}: metadata.json refused after recording the export: {e}") from None
 
 
 def main(argv=None):
@@ -407,6 +544,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     with cli_errors():
         result = export(args.bundle, args.out, args.opset)
+        if args.out is None:
+            record(args.bundle, result)
     print(json.dumps(result, indent=2))
     return result
 
