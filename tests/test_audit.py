@@ -294,6 +294,14 @@ def test_near_identical_low_texture_slices_are_joined_by_their_thumbnails(tmp_pa
     assert [sorted(g) for g in report["near_duplicate_groups"]] == [["a/0.png", "a/0_next.png"]]
 
 
+def _store(described, folder):
+    os.makedirs(folder)
+    store = audit.Store(str(folder))
+    for d in described:
+        store.add(d)
+    return store.close()
+
+
 def test_a_zoomed_in_copy_is_its_originals_first_keypoint_candidate(tmp_path):
     """A 2x zoom changes the colour histogram and the layout thumbnail; keypoint votes still
     name the original first among tiles of the same colour."""
@@ -302,7 +310,7 @@ def test_a_zoomed_in_copy_is_its_originals_first_keypoint_candidate(tmp_path):
     for i, im in enumerate(tiles + [zoomed]):
         im.save(tmp_path / f"{i:02d}.png")
     described = [audit.describe(str(tmp_path / f"{i:02d}.png")) for i in range(13)]
-    firsts = dict(audit._vote_top_k(described, 1))
+    firsts = dict(audit._vote_top_k(_store(described, tmp_path / "work"), 1).tolist())
     assert firsts[12] == 0
     inliers, agreement = audit.near_copy(described[0], described[12])
     assert inliers >= audit.MIN_INLIERS and agreement >= audit.MIN_DETAIL_AGREEMENT
@@ -314,3 +322,38 @@ def test_a_group_file_with_path_and_one_other_column_groups_by_that_column(tmp_p
     groups_file.write_text("path,tile_group\na/1.png,t1\na/2.png,t1\nb/3.png,t2\n")
     groups, info = audit.read_group_file(str(groups_file), {"a/1.png", "a/2.png", "b/3.png"})
     assert sorted(groups) == [["a/1.png", "a/2.png"], ["b/3.png"]] and info["groups"] == 2
+
+
+# ---------------------------------------------------------------- the audit on disk, shard by shard
+
+def _findings(report):
+    keys = ("exact_duplicate_groups", "near_duplicate_groups", "cross_class_groups", "cross_split_groups")
+    return {k: report[k] for k in keys} | {"group": report["group"], "fingerprint": report["fingerprint"],
+                                           "shortcut_cues": report["shortcut_cues"]}
+
+
+def test_the_audit_in_shards_finds_what_one_index_over_every_image_finds(planted, tmp_path):
+    """Several small indexes (each asked by every image, each keypoint's nearest kept on disk
+    between them) give the groups of one index over all of them: the audit of a set larger
+    than one shard finds what it found in memory."""
+    sharded = audit.run(planted["root"], progress=False, shard=7, work=str(tmp_path))
+    assert _findings(sharded) == _findings(planted["report"])
+    assert os.listdir(tmp_path) == []  # the work folder is left empty
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["iq_othnccd"])
+def test_a_real_data_set_audited_in_shards_has_the_in_memory_findings(name, tmp_path):
+    """On a real data set (847 CT slices, a minute on 2 cores): one index over every image
+    (the default shard holds them all, as the audit held everything in memory before) and
+    indexes of 200 images each give the same groups, image for image, and the same split."""
+    from tests.helpers import SHARED_DATA
+
+    data = os.path.join(SHARED_DATA, name)
+    if not os.path.isdir(data):
+        pytest.skip(f"{data} is not here (the shared data folder)")
+    whole = audit.run(data, progress=False)
+    assert whole["images"] <= audit.SHARD
+    sharded = audit.run(data, progress=False, shard=200, work=str(tmp_path))
+    assert _findings(sharded) == _findings(whole)
+    assert audit.make_split(sharded)[0] == audit.make_split(whole)[0]

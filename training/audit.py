@@ -42,6 +42,7 @@ import csv
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ from training import neighbours
 from training import split as splitting
 from training.data import scan
 from training.errors import DataError, cli_errors
+from training.stream import Rows
 from lungclf.preprocess import ImageError, open_image, read_rgb, to_rgb
 
 # The method's settings, chosen by measurement (scripts/check_tile_groups.py and the CT sets).
@@ -74,6 +76,11 @@ SHORTCUT_MARGIN = 0.10  # warn when a cue alone beats chance by this much accura
 GIVE_AWAY_MIN = 5  # ... or when values held by >= this many images, all of one class,
 #                    cover 2% of the images (e.g. every 400x256 image is malignant)
 WORST_GROUPS_SHOWN = 8  # contact sheets in figures/
+# Memory: the descriptions live on disk (Store); these bound what is read at a time.
+CHUNK = 256  # images described before they are appended to the store
+SHARD = neighbours.SHARD  # images per nearest-neighbour index (colour, layout, keypoint votes)
+QUERY_BLOCK = 512  # images whose keypoints ask the vote index at a time
+PAIR_BLOCK = 4096  # candidate pairs whose thumbnails are compared at a time
 
 cv2.setNumThreads(1)  # threads are used across images instead
 
@@ -134,14 +141,107 @@ def _unit(a):
     return a / (np.linalg.norm(a) + 1e-6)
 
 
-def _thumb_edges(described, candidates):
-    """The candidate pairs whose grey thumbnails correlate at >= MIN_THUMB_CORRELATION."""
-    if not candidates:
-        return []
-    thumbs = np.stack([d.thumb for d in described])
-    i, j = np.array(candidates).T
-    corr = np.einsum("ij,ij->i", thumbs[i], thumbs[j])
-    return [candidates[k] for k in np.flatnonzero(corr >= MIN_THUMB_CORRELATION)]
+class Store:
+    """The audit's per-image descriptions on disk, in a work folder: each array of every image
+    appended to one file as it is described, then read back a block or an image at a time
+    (training.stream.Rows). Fixed-size rows (colour histogram, layout and grey thumbnails) are
+    (n, d); the ragged ones (grey working copy, keypoints and descriptors) one long file each,
+    with per-image offsets. Memory holds
+    only each image's few numbers (sha256, size, format, mode, bytes) and the offsets."""
+
+    FIXED = {"colour": 4096, "layout": 24 * 24, "thumb": THUMB_SIDE * THUMB_SIDE}
+    RAGGED = {"grey": (np.uint8, ()), "points": (np.float32, (2,)), "descriptors": (np.float32, (128,))}
+
+    def __init__(self, folder):
+        self.folder, self.n = folder, 0
+        self.info = {k: [] for k in ("sha256", "width", "height", "format", "mode", "bytes")}
+        self._files = {k: open(self._path(k), "wb") for k in (*self.FIXED, *self.RAGGED)}
+        self._sizes = {k: [0] for k in self.RAGGED}
+        self._shapes = []
+
+    def _path(self, name):
+        return os.path.join(self.folder, name + ".bin")
+
+    def add(self, d):
+        """Append one Described."""
+        for k in self.info:
+            self.info[k].append(getattr(d, k))
+        for k in self.FIXED:
+            self._files[k].write(np.ascontiguousarray(getattr(d, k), np.float32).tobytes())
+        for k, (dtype, tail) in self.RAGGED.items():
+            a = np.ascontiguousarray(getattr(d, k), dtype).reshape(-1, *tail)  # grey: its pixels, flat
+            self._files[k].write(a.tobytes())
+            self._sizes[k].append(self._sizes[k][-1] + len(a))
+        self._shapes.append(d.grey.shape)
+        self.n += 1
+
+    def close(self):
+        """Stop appending; read back with stream.Rows (pread, so nothing read stays mapped)."""
+        for f in self._files.values():
+            f.close()
+        for k, d in self.FIXED.items():
+            setattr(self, k, Rows(self._path(k), np.float32, (self.n, d)))
+        self.offsets = {k: np.asarray(v, np.int64) for k, v in self._sizes.items()}
+        for k, (dtype, tail) in self.RAGGED.items():
+            setattr(self, k, Rows(self._path(k), dtype, (int(self.offsets[k][-1]), *tail)))
+        self.shapes = np.asarray(self._shapes, np.int32).reshape(-1, 2)
+        del self._sizes, self._shapes
+        return self
+
+    def release(self):
+        """Close the files (before their folder is deleted)."""
+        for k in (*self.FIXED, *self.RAGGED):
+            getattr(self, k).close()
+
+    def ragged(self, name, i, limit=None):
+        """Image i's rows of a ragged array (its first `limit`)."""
+        o = self.offsets[name]
+        return getattr(self, name).read(o[i], o[i + 1] if limit is None else min(o[i + 1], o[i] + limit))
+
+    def described(self, i):
+        """Image i as a Described (its arrays read from disk)."""
+        return Described(**{k: v[i] for k, v in self.info.items()},
+                         grey=self.ragged("grey", i).reshape(self.shapes[i]), colour=self.colour[i],
+                         layout=self.layout[i].reshape(24, 24), thumb=self.thumb[i],
+                         points=self.ragged("points", i), descriptors=self.ragged("descriptors", i))
+
+
+def _describe_all(root, items, store, workers, progress):
+    """Describe items into store in order -> [(item, unreadable reason)]; CHUNK files at a time,
+    so what waits in memory is one chunk's descriptions."""
+    def safe(it):
+        try:
+            return describe(os.path.join(root, it.path))
+        except (ImageError, OSError) as e:
+            return str(e)
+
+    kept, unreadable = [], []
+    bar = _progress(None, len(items), "audit: reading", progress)
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start:start + CHUNK]
+            for it, r in zip(chunk, pool.map(safe, chunk)):
+                if isinstance(r, str):
+                    unreadable.append({"path": it.path, "reason": r})
+                else:
+                    store.add(r)
+                    kept.append(it)
+            if bar:
+                bar.update(len(chunk))
+    if bar:
+        bar.close()
+    return kept, unreadable
+
+
+def _thumb_edges(store, candidates):
+    """The candidate pairs whose grey thumbnails correlate at >= MIN_THUMB_CORRELATION
+    (read from disk PAIR_BLOCK pairs at a time)."""
+    out = []
+    for start in range(0, len(candidates), PAIR_BLOCK):
+        i, j = candidates[start:start + PAIR_BLOCK].T
+        corr = np.einsum("ij,ij->i", store.thumb[i], store.thumb[j])
+        out.append(candidates[start:start + PAIR_BLOCK][corr >= MIN_THUMB_CORRELATION])
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
 def read_group_file(path, known):
@@ -239,48 +339,150 @@ def near_copy(a, b, matcher=None):
     return best
 
 
-def _vote_top_k(described, k):
+def _voters(store, lo, hi):
+    """(descriptors, owners): the first VOTE_KEYPOINTS RootSIFT descriptors of images lo..hi-1."""
+    o = store.offsets["descriptors"]
+    rows = store.descriptors.read(o[lo], o[hi])
+    parts = [rows[o[i] - o[lo]:min(o[i + 1], o[i] + VOTE_KEYPOINTS) - o[lo]] for i in range(lo, hi)]
+    owner = np.concatenate([np.full(len(x), i) for i, x in zip(range(lo, hi), parts)] or [np.zeros(0, int)])
+    base = np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)
+    return np.ascontiguousarray(base, np.float32), owner
+
+
+def _vote_top_k(store, k, shard=SHARD, work=None):
     """For each image, the k images that its keypoints most often find as nearest neighbours
     (RootSIFT, as is and mirrored, in FLANN kd-trees; VOTE_KEYPOINTS per image, VOTE_NEIGHBOURS
-    each). Unlike the colour histogram and layout thumbnail, this finds zoomed-in copies."""
-    n = len(described)
-    sub = [d.descriptors[:VOTE_KEYPOINTS] for d in described]
-    owner = np.concatenate([np.full(len(x), i) for i, x in enumerate(sub)])
-    if len(owner) <= VOTE_NEIGHBOURS:
-        return []
-    base = np.ascontiguousarray(np.concatenate(sub), np.float32)
-    cv2.setRNGSeed(0)  # the kd-trees are randomised: the same candidates on every run
-    index = cv2.flann_Index(base, dict(algorithm=1, trees=4))  # 1: randomised kd-trees
-    codes = []
-    for query in (base, np.ascontiguousarray(_mirror_descriptors(base))):
-        nearest, _ = index.knnSearch(query, VOTE_NEIGHBOURS + 1, params=dict(checks=32))
-        src, dst = np.repeat(owner, VOTE_NEIGHBOURS + 1), owner[nearest.ravel()]
-        keep = src != dst
-        codes += [src[keep] * n + dst[keep], dst[keep] * n + src[keep]]
-    pairs, votes = np.unique(np.concatenate(codes), return_counts=True)
-    rows, cols = pairs // n, pairs % n
-    order = np.lexsort((-votes, rows))  # by image, most votes first
-    rows, cols = rows[order], cols[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    return [(int(i), int(j)) for i, j in zip(rows[rank < k], cols[rank < k])]
+    each) -> pairs (m, 2). Unlike the colour histogram and layout thumbnail, this finds
+    zoomed-in copies.
+
+    At scale: one kd-tree index per `shard` images, asked by every image's keypoints,
+    QUERY_BLOCK images at a time; each keypoint's nearest so far are kept in a file in
+    `work` when there are several shards; the votes (pairs of images) go to files by image
+    and are counted one file at a time. With one shard this is one index over every image."""
+    n, near = store.n, VOTE_NEIGHBOURS + 1
+    per_image = np.minimum(np.diff(store.offsets["descriptors"]), VOTE_KEYPOINTS)
+    total = int(per_image.sum())
+    if total <= VOTE_NEIGHBOURS:
+        return np.zeros((0, 2), np.int64)
+    starts = np.concatenate([[0], np.cumsum(per_image)])  # each image's first voting keypoint
+    shards = [(lo, min(n, lo + shard)) for lo in range(0, n, shard)]
+    blocks = [(lo, min(n, lo + QUERY_BLOCK)) for lo in range(0, n, QUERY_BLOCK)]
+    tmp = tempfile.TemporaryDirectory(prefix="votes-", dir=work)
+    folder = tmp.name
+    if len(shards) > 1:  # each keypoint's nearest so far, over the shards done (as is, mirrored)
+        best_d = Rows(os.path.join(folder, "dist"), np.float32, (2 * total, near), create=True, fill=np.inf)
+        best_o = Rows(os.path.join(folder, "owner"), np.int64, (2 * total, near), create=True, fill=-1)
+    rows_per_file = max(1, shard)
+    outs = [open(os.path.join(folder, f"votes-{b}.bin"), "wb") for b in range(-(-n // rows_per_file))]
+
+    def vote(src, dst):  # every pair both ways, filed by its first image
+        keep = (src != dst) & (dst >= 0)
+        src, dst = src[keep], dst[keep]
+        codes = np.concatenate([src * n + dst, dst * n + src])
+        files = codes // n // rows_per_file
+        order = np.argsort(files, kind="stable")
+        codes, files = codes[order], files[order]
+        names, firsts = np.unique(files, return_index=True)
+        for f, part in zip(names, np.split(codes, firsts[1:])):
+            outs[f].write(part.astype(np.int64).tobytes())
+
+    for lo, hi in shards:
+        base, owner = _voters(store, lo, hi)
+        if not len(base):
+            continue
+        cv2.setRNGSeed(0)  # the kd-trees are randomised: the same candidates on every run
+        index = cv2.flann_Index(base, dict(algorithm=1, trees=4))  # 1: randomised kd-trees
+        k_here = min(near, len(base))
+        for qlo, qhi in blocks:
+            query, q_owner = _voters(store, qlo, qhi)
+            if not len(query):
+                continue
+            for m, q in enumerate((query, np.ascontiguousarray(_mirror_descriptors(query)))):
+                nearest, dist = index.knnSearch(q, k_here, params=dict(checks=32))
+                found = owner[nearest]
+                if len(shards) == 1:
+                    vote(np.repeat(q_owner, k_here), found.ravel())
+                    continue
+                rows = slice(m * total + starts[qlo], m * total + starts[qhi])
+                d = np.concatenate([best_d[rows], dist.reshape(len(q), -1)], axis=1)
+                o = np.concatenate([best_o[rows], found.reshape(len(q), -1)], axis=1)
+                order = np.argsort(d, axis=1, kind="stable")[:, :near]
+                best_d[rows] = np.take_along_axis(d, order, 1)
+                best_o[rows] = np.take_along_axis(o, order, 1)
+    if len(shards) > 1:
+        for qlo, qhi in blocks:
+            q_owner = np.repeat(np.arange(qlo, qhi), per_image[qlo:qhi])
+            for m in range(2):
+                vote(np.repeat(q_owner, near), best_o[m * total + starts[qlo]:m * total + starts[qhi]].ravel())
+        best_d.close()
+        best_o.close()
+    for f in outs:
+        f.close()
+    pairs_out = []
+    for b in range(len(outs)):
+        codes = np.fromfile(os.path.join(folder, f"votes-{b}.bin"), np.int64)
+        pairs, votes = np.unique(codes, return_counts=True)
+        rows, cols = pairs // n, pairs % n
+        order = np.lexsort((-votes, rows))  # by image, most votes first
+        rows, cols = rows[order], cols[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        pairs_out.append(np.stack([rows[rank < k], cols[rank < k]], axis=1))
+    tmp.cleanup()
+    return np.concatenate(pairs_out) if pairs_out else np.zeros((0, 2), np.int64)
 
 
-def _candidates(described):
-    n = len(described)
-    colour = np.stack([d.colour for d in described])
-    colour -= colour.mean(0)
-    colour /= np.linalg.norm(colour, axis=1, keepdims=True) + 1e-9
-    layout = np.stack([d.layout for d in described])
-    turns = [np.rot90(layout, r, axes=(1, 2)) for r in range(4)]
-    variants = [t.reshape(n, -1) for t in turns] + [t[:, :, ::-1].reshape(n, -1) for t in turns]
-    pairs = set()
-    # nearest neighbours from an HNSW index (training/neighbours.py): close to linear in n
-    for near in (neighbours.top_k(colour, COLOUR_CANDIDATES, method=neighbours.default_method()),
-                 neighbours.top_k(variants[0], CANDIDATES, variants[1:], method=neighbours.default_method())):
-        for i, row in enumerate(near):
-            pairs.update((min(i, int(j)), max(i, int(j))) for j in row)
-    pairs.update((min(i, j), max(i, j)) for i, j in _vote_top_k(described, VOTE_CANDIDATES))
-    return sorted(pairs)
+class _Centred:
+    """Rows of the colour histograms, centred on their mean and made unit length, on the fly."""
+
+    def __init__(self, rows, mean):
+        self.rows, self.mean = rows, mean
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, s):
+        c = self.rows[s] - self.mean
+        c /= np.linalg.norm(c, axis=1, keepdims=True) + 1e-9
+        return c
+
+
+class _View:
+    """Rows of the 24 px layout thumbnails turned `turns` quarter turns (then mirrored), flat."""
+
+    def __init__(self, rows, turns, mirrored):
+        self.rows, self.turns, self.mirrored = rows, turns, mirrored
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, s):
+        t = np.rot90(np.asarray(self.rows[s]).reshape(-1, 24, 24), self.turns, axes=(1, 2))
+        return (t[:, :, ::-1] if self.mirrored else t).reshape(len(t), -1)
+
+
+def _column_mean(rows):
+    """rows.mean(0) in float32, BLOCK rows at a time, summed in the same order as numpy's."""
+    total = np.zeros(rows.shape[1], np.float32)
+    for start in range(0, len(rows), neighbours.BLOCK):
+        total = np.concatenate([total[None], rows[start:start + neighbours.BLOCK]]).sum(0)
+    return total / len(rows)
+
+
+def _candidates(store, shard=SHARD, work=None):
+    """Candidate pairs (i < j), sorted: each image's nearest neighbours by colour, by layout
+    (any of 8 views) and by keypoint votes."""
+    n = store.n
+    colour = _Centred(store.colour, _column_mean(store.colour))
+    views = [_View(store.layout, r, m) for m in (False, True) for r in range(4)]
+    method = neighbours.default_method()
+    found = [neighbours.top_k(colour, COLOUR_CANDIDATES, method=method, shard=shard),
+             neighbours.top_k(views[0], CANDIDATES, views[1:], method=method, shard=shard)]
+    i = np.concatenate([np.repeat(np.arange(n), f.shape[1]) for f in found])
+    j = np.concatenate([f.ravel() for f in found])
+    votes = _vote_top_k(store, VOTE_CANDIDATES, shard, work)
+    i, j = np.concatenate([i, votes[:, 0]]), np.concatenate([j, votes[:, 1]])
+    codes = np.unique(np.minimum(i, j) * n + np.maximum(i, j))  # as sorted (i, j)
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 def _components(n, edges):
@@ -307,22 +509,23 @@ class _Groups:
         self.parent[self.find(i)] = self.find(j)
 
 
-def _near_edges(described, candidates, exact_edges, workers, progress):
+def _near_edges(store, candidates, exact_edges, workers, progress):
     """The candidate pairs that are near copies. A pair whose images are already joined
-    through other pairs is skipped: it cannot change the groups, and checking it costs."""
-    groups = _Groups(len(described))
+    through other pairs is skipped: it cannot change the groups, and checking it costs.
+    Each pair's two descriptions are read from the store when it is checked."""
+    groups = _Groups(store.n)
     for i, j in exact_edges:
         groups.join(i, j)
 
     def check(pair):
-        inliers, agreement = near_copy(described[pair[0]], described[pair[1]])
+        inliers, agreement = near_copy(store.described(pair[0]), store.described(pair[1]))
         return inliers >= MIN_INLIERS and agreement >= MIN_DETAIL_AGREEMENT
 
     edges = []
     bar = _progress(None, len(candidates), "audit: matching", progress)
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(candidates), 64):
-            batch = [p for p in candidates[start:start + 64] if groups.find(p[0]) != groups.find(p[1])]
+            batch = [(int(i), int(j)) for i, j in candidates[start:start + 64] if groups.find(i) != groups.find(j)]
             for pair, ok in zip(batch, pool.map(check, batch)):
                 if ok:
                     edges.append(pair)
@@ -342,27 +545,28 @@ def _progress(iterable, total, desc, enabled):
     return tqdm(iterable, total=total, desc=desc, unit="image" if "read" in desc else "pair")
 
 
-def _cue_table(items, described, groups, seed):
-    """How well each file property alone predicts the class (group 5-fold CV) vs chance."""
+def _cue_table(items, info, groups, seed):
+    """How well each file property alone predicts the class (group 5-fold CV) vs chance.
+    `info`: Store.info (lists of width, height, format, mode and bytes per image)."""
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
     from sklearn.tree import DecisionTreeClassifier
 
     labels = np.array([it.label for it in items])
+    widths, heights, formats, modes = info["width"], info["height"], info["format"], info["mode"]
     values = {
-        "width": [[d.width] for d in described],
-        "height": [[d.height] for d in described],
-        "aspect": [[d.width / d.height] for d in described],
-        "file format": [[f == x for x in sorted({d.format for d in described})] for f in (d.format for d in described)],
-        "colour mode": [[m == x for x in sorted({d.mode for d in described})] for m in (d.mode for d in described)],
-        "file size": [[np.log(d.bytes)] for d in described],
+        "width": [[w] for w in widths],
+        "height": [[h] for h in heights],
+        "aspect": [[w / h] for w, h in zip(widths, heights)],
+        "file format": [[f == x for x in sorted(set(formats))] for f in formats],
+        "colour mode": [[m == x for x in sorted(set(modes))] for m in modes],
+        "file size": [[np.log(b)] for b in info["bytes"]],
     }
     values["all of these"] = [sum(row, []) for row in zip(*(map(list, v) for v in values.values()))]
     chance = Counter(labels).most_common(1)[0][1] / len(labels)
     n_groups = min(len({g for g, lab in zip(groups, labels) if lab == c}) for c in set(labels))
     folds = min(5, n_groups)
-    kinds = {"width": [d.width for d in described], "height": [d.height for d in described],
-             "aspect": [round(d.width / d.height, 2) for d in described],
-             "file format": [d.format for d in described], "colour mode": [d.mode for d in described]}
+    kinds = {"width": widths, "height": heights, "aspect": [round(w / h, 2) for w, h in zip(widths, heights)],
+             "file format": formats, "colour mode": modes}
     cues = []
     for name, x in values.items():
         row = {"cue": name, "chance": round(chance, 4)}
@@ -392,10 +596,13 @@ def _give_aways(values, labels):
             if len(labs) >= GIVE_AWAY_MIN and len(set(labs)) == 1 and len(labs) < len(labels)]
 
 
-def run(root, items=None, progress=True, seed=0, groups_file=None):
+def run(root, items=None, progress=True, seed=0, groups_file=None, work=None, shard=SHARD):
     """Audit the images under root -> dict, ready for JSON.
 
     `groups_file`: a CSV `path,group` whose groups are joined with the audit's (see the top).
+    `work`: where the per-image descriptions go while it runs (a temporary folder in it,
+    deleted at the end; default: the system's, TMPDIR), about 0.2 MB an image. `shard`:
+    images per nearest-neighbour index (memory holds one; see Store and _candidates).
 
     Keys: images, items (path, label, published split per image, readable ones only),
     group (one id per readable item: the first path of its group), unreadable,
@@ -406,34 +613,30 @@ def run(root, items=None, progress=True, seed=0, groups_file=None):
     items = scan(root) if items is None else items
     scanned = {it.path for it in items}
     workers = max(1, min(4, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="audit-", dir=work) as folder:
+        store = Store(folder)
+        items, unreadable = _describe_all(root, items, store, workers, progress)
+        store.close()
+        timings = {"reading": time.time() - t0}
+        n = len(items)
+        if n == 0:
+            raise DataError(f"No readable images in {root}.")
+        sha = store.info["sha256"]
+        by_sha = {}
+        for i, h in enumerate(sha):
+            by_sha.setdefault(h, []).append(i)
+        exact = [g for g in by_sha.values() if len(g) > 1]
+        edges = [(g[0], j) for g in exact for j in g[1:]]
+        content = np.array([by_sha[h][0] for h in sha])  # one id per distinct file content
 
-    def safe(it):
-        try:
-            return describe(os.path.join(root, it.path))
-        except (ImageError, OSError) as e:
-            return str(e)
-
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(_progress(pool.map(safe, items), len(items), "audit: reading", progress))
-    timings = {"reading": time.time() - t0}
-    unreadable = [{"path": it.path, "reason": r} for it, r in zip(items, results) if isinstance(r, str)]
-    kept = [(it, r) for it, r in zip(items, results) if not isinstance(r, str)]
-    items, described = [it for it, _ in kept], [r for _, r in kept]
-    n = len(items)
-    if n == 0:
-        raise DataError(f"No readable images in {root}.")
-
-    by_sha = {}
-    for i, d in enumerate(described):
-        by_sha.setdefault(d.sha256, []).append(i)
-    exact = [g for g in by_sha.values() if len(g) > 1]
-    edges = [(g[0], j) for g in exact for j in g[1:]]
-
-    candidates = [p for p in _candidates(described) if described[p[0]].sha256 != described[p[1]].sha256]
-    timings["candidates"] = time.time() - t0 - sum(timings.values())
-    thumb_edges = _thumb_edges(described, candidates)
-    near_edges = thumb_edges + _near_edges(described, candidates, edges + thumb_edges, workers, progress)
-    timings["matching"] = time.time() - t0 - sum(timings.values())
+        candidates = _candidates(store, shard, folder)
+        candidates = candidates[content[candidates[:, 0]] != content[candidates[:, 1]]]
+        timings["candidates"] = time.time() - t0 - sum(timings.values())
+        thumb_edges = [(int(i), int(j)) for i, j in _thumb_edges(store, candidates)]
+        near_edges = thumb_edges + _near_edges(store, candidates, edges + thumb_edges, workers, progress)
+        timings["matching"] = time.time() - t0 - sum(timings.values())
+        info = store.info
+        store.release()
     comp = _components(n, edges + near_edges)
     group_file = None
     if groups_file:
@@ -452,14 +655,14 @@ def run(root, items=None, progress=True, seed=0, groups_file=None):
     group = [group_of[c] for c in comp]
     multi = [m for m in members.values() if len(m) > 1]
     paths = lambda gs: [[items[i].path for i in g] for g in gs]  # noqa: E731
-    near = [m for m in multi if len({described[i].sha256 for i in m}) > 1]
+    near = [m for m in multi if len({sha[i] for i in m}) > 1]
     cross_class = [m for m in multi if len({items[i].label for i in m}) > 1]
     cross_split = [m for m in multi if all(items[i].published_split for i in m)
                    and len({items[i].published_split for i in m}) > 1]
-    cues = _cue_table(items, described, group, seed)
+    cues = _cue_table(items, info, group, seed)
     timings["shortcut cues"] = time.time() - t0 - sum(timings.values())
 
-    fp = hashlib.sha256("\n".join(f"{it.path},{it.label},{d.sha256}" for it, d in zip(items, described)).encode())
+    fp = hashlib.sha256("\n".join(f"{it.path},{it.label},{h}" for it, h in zip(items, sha)).encode())
     sizes = Counter(len(m) for m in members.values())
     largest = max(sizes)
     warnings = []

@@ -36,6 +36,8 @@ M = 32  # HNSW links per node
 EF_CONSTRUCTION = 80
 EF_SEARCH = 64  # candidates visited per query: higher finds more of the true top k
 BATCH = 4096  # query rows per call: bounds the memory of the distance tables
+SHARD = 2048  # rows per index: what an index holds in memory, however many images there are
+BLOCK = 2048  # query rows read (from memory or disk) at a time
 
 
 def available():
@@ -93,39 +95,65 @@ class Index:
         return np.concatenate(sims), np.concatenate(idx)
 
 
-def top_k(features, k, views=(), method="hnsw"):
+def _rows(source, s):
+    """Rows `s` (a slice) of `source`: an array, a memmap, or anything with len() and
+    slicing that gives an array (rows computed on the fly)."""
+    return np.ascontiguousarray(source[s], np.float32)
+
+
+def _pick(sims, idx, k):
+    """Per row, the k distinct indices of highest similarity, earlier columns first among
+    equals, -inf ignored -> (sims, indices), each (rows, k), padded with -inf and -1."""
+    b, m = idx.shape
+    order = np.argsort(-sims, axis=1, kind="stable")
+    s, i = np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+    rows, flat = np.repeat(np.arange(b), m), i.ravel()
+    by = np.lexsort((np.tile(np.arange(m), b), flat, rows))  # by row, index, then rank
+    first = np.ones(b * m, bool)
+    first[1:] = (rows[by][1:] != rows[by][:-1]) | (flat[by][1:] != flat[by][:-1])
+    keep = np.zeros(b * m, bool)
+    keep[by[first]] = True  # an index's best entry in its row
+    keep = keep.reshape(b, m) & (s != -np.inf)
+    rank = np.cumsum(keep, axis=1) - 1
+    r, c = np.nonzero(keep & (rank < k))
+    out_s, out_i = np.full((b, k), -np.inf, np.float32), np.full((b, k), -1, np.int64)
+    out_s[r, rank[r, c]], out_i[r, rank[r, c]] = s[r, c], i[r, c]
+    return out_s, out_i
+
+
+def top_k(features, k, views=(), method="hnsw", shard=SHARD):
     """For each row of `features`, its k most similar other rows (inner product), taking for
-    each pair the best over the query's `views` (extra arrays of the same rows, transformed)."""
+    each pair the best over the query's `views` (the same rows, transformed).
+
+    `features` and each view: (n, d) arrays, memmaps, or objects whose slices give arrays
+    (rows computed on the fly from a memmap). The index holds `shard` rows at a time: each
+    shard's index answers every query, BLOCK rows at a time, and each row keeps its best k
+    so far, so memory holds one shard's index and k neighbours per row, whatever n is. With
+    n <= shard this is one index over every row."""
     n = len(features)
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros((n, 0), np.int64)
     if n <= k + 1:  # a tiny set: every other image is a neighbour
         return np.array([[j for j in range(n) if j != i] for i in range(n)], np.int64)
-    index = Index(features, method)
-    found_s, found_i = [], []
-    for q in (features, *views):
-        s, i = index.search(q, k + 1)  # +1: the image itself is usually its own best match
-        found_s.append(s)
-        found_i.append(i)
-    sims, idx = np.concatenate(found_s, axis=1), np.concatenate(found_i, axis=1)
-    rows = np.arange(n)[:, None]
-    sims = np.where((idx == rows) | (idx < 0), -np.inf, sims)
-    out = np.empty((n, k), np.int64)
-    for r in range(n):  # best similarity per other image over the views, then its top k
-        order = np.argsort(-sims[r], kind="stable")
-        picked, seen = [], set()
-        for j in order:
-            c = int(idx[r, j])
-            if sims[r, j] == -np.inf or c in seen:
-                continue
-            seen.add(c)
-            picked.append(c)
-            if len(picked) == k:
-                break
-        out[r, :len(picked)] = picked
-        out[r, len(picked):] = picked[-1] if picked else (r + 1) % n
-    return out
+    best_s, best_i = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+    for lo in range(0, n, shard):
+        index = Index(_rows(features, slice(lo, min(n, lo + shard))), method)
+        for start in range(0, n, BLOCK):
+            rows = slice(start, min(n, start + BLOCK))
+            found_s, found_i = [best_s[rows]], [best_i[rows]]
+            for q in (features, *views):
+                s, i = index.search(_rows(q, rows), k + 1)  # +1: the image itself is usually its own best
+                found_s.append(s)
+                found_i.append(np.where(i >= 0, i + lo, -1))
+            sims, idx = np.concatenate(found_s, axis=1), np.concatenate(found_i, axis=1)
+            own = np.arange(rows.start, rows.stop)[:, None]
+            sims = np.where((idx == own) | (idx < 0), -np.inf, sims)
+            best_s[rows], best_i[rows] = _pick(sims, idx, k)
+    found = (best_i >= 0).sum(axis=1)
+    for r in np.flatnonzero(found < k):  # fewer than k others found: repeat the last one
+        best_i[r, found[r]:] = best_i[r, found[r] - 1] if found[r] else (r + 1) % n
+    return best_i
 
 
 def unit_rows(a):

@@ -223,6 +223,74 @@ def fit_datasets(prepared, config, shard=(1, 0), cache=None, seen=None):
     return train_ds, val_ds, extra
 
 
+class Rows:
+    """(n, *tail) records in a file, read and written with pread/pwrite a block at a time:
+    a memory-flat stand-in for a memmap. What is read belongs to the caller until dropped;
+    nothing stays mapped (a memmap's touched pages count as the process's resident memory,
+    and stay, for as long as it is open). Slicing gives a (writable) array; an int array
+    of indices gives those rows."""
+
+    def __init__(self, path, dtype, shape, offset=0, create=False, fill=None):
+        self.path, self.dtype, self.shape, self.offset = path, np.dtype(dtype), tuple(shape), offset
+        self.tail = self.shape[1:]
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.tail, dtype=np.int64))
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
+        if create and fill is not None:
+            block = np.full((max(1, (1 << 24) // max(1, self.row_bytes)), *self.tail), fill, self.dtype)
+            for start in range(0, len(self), len(block)):
+                self.write(start, block[:len(self) - start])
+
+    @classmethod
+    def npy(cls, path):
+        """The rows of an .npy file (np.save, or np.lib.format.open_memmap)."""
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not read by rows")
+        return cls(path, dtype, shape, offset)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def read(self, start, stop):
+        out = np.empty((max(0, stop - start), *self.tail), self.dtype)
+        if out.nbytes:
+            got = os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + start * self.row_bytes)
+            if got != out.nbytes:
+                raise OSError(f"{self.path}: short read ({got} of {out.nbytes} bytes)")
+        return out
+
+    def write(self, start, rows):
+        data = np.ascontiguousarray(rows, self.dtype)
+        os.pwrite(self.fd, memoryview(data).cast("B"), self.offset + start * self.row_bytes)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("Rows are read in steps of 1")
+            return self.read(start, stop)
+        if np.isscalar(key):
+            return self.read(int(key), int(key) + 1)[0]
+        wanted, back = np.unique(np.asarray(key, np.int64), return_inverse=True)
+        return np.stack([self.read(i, i + 1)[0] for i in wanted])[back] if len(wanted) else \
+            np.zeros((0, *self.tail), self.dtype)
+
+    def __setitem__(self, key, rows):
+        start, stop, _ = key.indices(len(self))
+        self.write(start, np.broadcast_to(rows, (stop - start, *self.tail)))
+
+    def close(self):
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close
+
+
 def peak_rss_mb():
     """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
