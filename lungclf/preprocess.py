@@ -34,6 +34,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 # else it knows (EPS, which runs Ghostscript, PSD, ICO ...) is refused by the header.
 FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+ORIENTATION, TURNED = 0x0112, range(2, 9)  # the EXIF tag, and its values that turn or flip
 NOT_AN_IMAGE = ("This file is not an image we can read. Use JPEG, PNG, BMP, WebP, TIFF, GIF "
                 "or DICOM.")
 TOO_LARGE = f"The image is too large (more than {MAX_PIXELS:,} pixels)."
@@ -83,7 +84,8 @@ def to_rgb(im, size=None):
 
     With `size`, a large JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
     never below size x size: the same picture for the model at a fraction of the time and
-    memory of a full decode."""
+    memory of a full decode. The pixels are copied once, into the array (Pillow's own
+    exif_transpose and convert each copy an image they leave unchanged)."""
     try:
         im.seek(0)  # first frame of an animated GIF or multi-page TIFF
         if size and im.format in ("JPEG", "MPO"):
@@ -94,7 +96,8 @@ def to_rgb(im, size=None):
     except Exception:
         raise ImageError(DAMAGED) from None
     try:
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(ORIENTATION, 1) in TURNED:  # otherwise exif_transpose only copies
+            im = ImageOps.exif_transpose(im)
     except Exception:
         pass  # a damaged EXIF block: the pixels are fine, keep them as stored
     try:
@@ -110,7 +113,9 @@ def to_rgb(im, size=None):
             rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
             alpha = rgba[:, :, 3:4] / 255.0
             return np.rint(rgba[:, :, :3] * alpha).astype(np.uint8)  # over black
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)  # RGB, L, 1, P, CMYK, YCbCr, LAB
+        if im.mode == "RGB":  # as it is: convert("RGB") would only copy it
+            return np.asarray(im, dtype=np.uint8)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)  # L, 1, P, CMYK, YCbCr, LAB
     except Exception:
         raise ImageError(f"Images in colour mode {im.mode} are not supported. "
                          "Save it as an RGB or grey JPEG or PNG.") from None

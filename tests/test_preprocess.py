@@ -60,6 +60,46 @@ def test_bytes_and_path_give_the_same_tensor(tmp_path):
     assert np.array_equal(load_image(path, SIZE), load_image(open(path, "rb").read(), SIZE))
 
 
+def _pillow_path(im):
+    """to_rgb's pixels as they were made before it copied once: Pillow's exif_transpose and
+    convert("RGB") always (the reference for the byte-identical test)."""
+    from PIL import ImageOps
+
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        return np.rint(rgba[:, :, :3] * rgba[:, :, 3:4] / 255.0).astype(np.uint8)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return None  # not through convert: unchanged by this
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def test_rgb_is_copied_once_with_the_same_bytes_as_pillows_transpose_and_convert(tmp_path):
+    """An upright RGB image skips exif_transpose's and convert's copies; every kind (EXIF
+    orientations 1 to 8 included) gives the bytes the full Pillow path gives."""
+    from lungclf.preprocess import open_image, to_rgb
+
+    names = write_variants(tmp_path)
+    a = picture()
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        for ext in ("jpg", "png"):
+            name = f"o{orientation}.{ext}"
+            Image.fromarray(a[:, 3:]).save(tmp_path / name, exif=exif)
+            names.append(name)
+    Image.fromarray(a).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "palette.png")
+    Image.fromarray(a).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    names += ["palette.png", "cmyk.jpg"]
+    for name in names:
+        got = to_rgb(open_image(str(tmp_path / name)))
+        expected = _pillow_path(open_image(str(tmp_path / name)))
+        if expected is not None:
+            assert got.dtype == np.uint8 and got.shape == expected.shape, name
+            assert got.tobytes() == expected.tobytes(), name
+
+
 @pytest.mark.parametrize("content, message", [(b"", "empty"), (b"hello, not an image", "not an image"),
                                               (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not an image")])
 def test_unreadable_input_raises_a_clear_image_error(content, message):
