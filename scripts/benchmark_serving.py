@@ -198,18 +198,19 @@ def concurrent(url, image, clients, per_client, endpoint="predict"):
 
 
 def forward_ms(bundle_folder, n):
-    """p50 of the bare traced forward pass (logits and features), batch of 1."""
+    """p50 of the bare forward pass (logits and features), batch of 1, on the engine the app
+    serves the bundle with (ONNX Runtime on one thread for a bundle with model.onnx)."""
     from lungclf.bundle import load
     from lungclf.inference import Classifier
 
-    served = Classifier(load(bundle_folder))
+    served = Classifier(load(bundle_folder), engine=os.environ.get("ENGINE", "auto"), threads=1)
     x = np.random.default_rng(0).uniform(0, 255, (1, served.size, served.size, 3)).astype(np.float32)
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        served.forward(x)[0].numpy()
+        served.run(x, maps=False)
         times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+    return 1000 * float(np.median(times)), served.engine
 
 
 class LoadSampler:
@@ -361,6 +362,8 @@ def main(argv=None):
             for a in apps:
                 rows[a].append(measure(a, *cmds[a], image, args))
         forward = {b: forward_ms(folder, 20 if args.quick else 200) for b, folder in bundles.items()}
+        engines = {b: e for b, (_, e) in forward.items()}
+        forward = {b: ms for b, (ms, _) in forward.items()}
         sizes = {b: os.path.getsize(os.path.join(folder, "model.keras")) / 1e6 for b, folder in bundles.items()}
     finally:
         loads = load.stop()
@@ -379,10 +382,10 @@ def main(argv=None):
         print(f"| {a} | /{ENDPOINT[a]} | {fmt(col(a, 'cold_start_s'), 1)} | {fmt(col(a, 'p50_ms'))} | "
               f"{fmt(col(a, 'p95_ms'))} | {fmt(col(a, 'rps'), 1)} | {fmt(col(a, 'p95_concurrent_ms'))} | "
               f"{fmt(col(a, 'server_cpu_ms'), 1)} | {fmt(col(a, 'peak_mb'))} |")
-    print("\nbare forward pass, batch of 1: " + ", ".join(f"{b} {ms:.1f} ms ({sizes[b]:.1f} MB model)"
-                                                          for b, ms in forward.items()))
+    print("\nbare forward pass, batch of 1: " + ", ".join(f"{b} {ms:.1f} ms ({engines[b]}, {sizes[b]:.1f} MB "
+                                                          f"model.keras)" for b, ms in forward.items()))
     figures = {"args": vars(args), "command": command, "date": datetime.date.today().isoformat(),
-               "cores": os.cpu_count(), "load": loads, "runs": rows, "forward_ms": forward,
+               "cores": os.cpu_count(), "load": loads, "runs": rows, "forward_ms": forward, "engine": engines,
                "model_mb": sizes, "summary": {}}
     if "floor" in apps and any(a in apps for a in OURS):
         vs = against_floor(figures)
@@ -413,7 +416,7 @@ def record(folder, figures):
     vs = against_floor(figures)
     first = next(iter(figures["runs"].values()))
     return card.record(folder, {
-        **vs, "runs": len(first), "clients": figures["args"]["clients"], "cores": figures.get("cores"),
+        **vs, "engine": figures.get("engine", {}).get("ours", "keras"), "runs": len(first), "clients": figures["args"]["clients"], "cores": figures.get("cores"),
         "load": figures["load"], "date": figures.get("date"),
         "command": figures.get("command") or f"python scripts/benchmark_serving.py --model "
                                              f"{os.path.relpath(folder, ROOT)}"}, "measured", "serving")

@@ -92,11 +92,12 @@ def main(argv=None):
             row = {"variant": v, **train(data, out, preset, extra)}
             meta = json.load(open(os.path.join(out, "metadata.json")))
             test = meta["metrics"]["test"]
+            ms, engine = forward_ms(out, 20 if args.quick else 200)  # as the app serves it
             row.update(input=meta["preprocessing"]["input_size"][0], arch=meta["model"]["architecture"],
                        width=meta["model"].get("width"), parameters=meta["model"]["parameters"],
                        model_mb=os.path.getsize(os.path.join(out, "model.keras")) / 1e6,
                        accuracy=test["accuracy"], macro_f1=test["macro_f1"], test_images=test["images"],
-                       forward_ms=forward_ms(out, 20 if args.quick else 200))
+                       forward_ms=ms, engine=engine)
             rows.append(row)
             e = row["epoch_s"]
             print(f"  {v}: {len(e)} epochs, {np.median(e):.1f} s/epoch median ({min(e):.1f}-{max(e):.1f}), "

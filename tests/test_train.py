@@ -23,6 +23,15 @@ def test_training_writes_a_complete_bundle(tiny_bundle):
 
 
 @pytest.mark.slow
+def test_training_exports_a_checked_model_onnx_that_the_app_serves(tiny_bundle):
+    from lungclf.inference import Classifier
+
+    onnx = tiny_bundle["meta"]["onnx"]
+    assert os.path.isfile(os.path.join(tiny_bundle["out"], onnx["file"]))
+    assert max(onnx["relative_difference"].values()) <= 1e-3
+    assert Classifier(load(tiny_bundle["out"])).engine == "onnx"
+
+
 def test_trained_model_beats_chance_on_its_held_out_split(tiny_bundle):
     test = tiny_bundle["meta"]["metrics"]["test"]
     assert test["images"] >= 6

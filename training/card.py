@@ -200,7 +200,8 @@ def _serving(s):
     """measured.serving (scripts/benchmark_serving.py --record): the app's speed against a floor
     app that answers one constant label, as a sentence and a table."""
     load, floor, clients = s["load"], s["floor"], s["clients"]
-    sentence = (f"**Speed.** Served by the app, {s['date']} (`{s['command']}`; medians of {s['runs']} fresh "
+    engine = {"onnx": "ONNX Runtime, model.onnx", "keras": "TensorFlow, model.keras"}.get(s.get("engine", "keras"))
+    sentence = (f"**Speed.** Served by the app ({engine}), {s['date']} (`{s['command']}`; medians of {s['runs']} fresh "
                 f"servers, {s['cores']} CPU cores shared with other work, load average {load['start']:.1f} at the "
                 f"start and up to {load['max']:.1f} while running). One client's p50 is compared with the floor "
                 f"app's p50 plus this model's bare forward pass ({s['forward_ms']:.1f} ms); {clients} clients' "

@@ -17,6 +17,7 @@
                                        -> wrong_input.npz (fitted on train, threshold on val,
                                           measured on test, synthetic images and ood_data),
                                           examples/ (up to `examples` test images)
+    export_onnx(out, meta)             -> model.onnx checked against Keras, recorded in metadata.json
 
 Library functions: they raise training.errors types, never exit.
 """
@@ -33,7 +34,7 @@ import numpy as np
 from lungclf import schema
 from training import audit, presets, wrong_input
 from training.datatypes import FitConfig, Prepared, Results
-from training.errors import DataError, ModelError, TrainingError
+from training.errors import DataError, ExportError, ModelError, TrainingError
 from training.model import ARCHITECTURES, DEFAULT_WIDTH, WHEEL_WEIGHTS
 from training.recipe import FILE as RECIPE_FILE
 
@@ -374,6 +375,28 @@ def staged(out):
     os.remove(marker)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(stage, out)
+
+
+def export_onnx(out, meta):
+    """Add model.onnx to the finished bundle at out (training.export, recorded in metadata.json);
+    returns the bundle's metadata. A bundle whose export fails (the ONNX packages missing, or
+    ONNX Runtime differing from Keras beyond the tolerance) is kept without it, saying why: the
+    app serves such a bundle with TensorFlow, the same answers, slower."""
+    import json
+
+    from training import export
+
+    try:
+        result = export.export(out)
+        export.record(out, result)
+    except ExportError as e:
+        print(f"note: {out} has no model.onnx, the app serves it with TensorFlow: {e}")
+        return meta
+    worst = max(result["relative_difference"].values())
+    print(f"exported {out}/{result['file']} ({result['bytes'] / 1e6:.1f} MB, opset {result['opset']}; "
+          f"ONNX Runtime within {worst:.1e} of Keras, relative to each output's scale)")
+    with open(os.path.join(out, "metadata.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def write_bundle(out, model, prepared, results, history, config, *, recipe, pre, command="", seconds=0.0,

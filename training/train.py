@@ -17,9 +17,11 @@ training/frozen.py for `frozen`):
                   printed beside them, so you see whether fine-tuning paid
     write         model.keras, classes.json, metadata.json, recipe.json, README.md, figures/,
                   wrong_input.npz and examples/
+    export        model.onnx (python -m training.export): the same network for ONNX Runtime,
+                  which the app serves it with, and for the browser page; checked against Keras
 
 Run options (not part of the recipe, they do not change the model): --out, --dry-run,
---verbose, --mlflow, and --stream/--cache/--processes for data sets larger than memory
+--verbose, --mlflow, --no-onnx, and --stream/--cache/--processes for data sets larger than memory
 (docs/scale.md).
 """
 
@@ -45,6 +47,8 @@ def parse_args(argv=None):
                    help="print the resolved recipe, the split counts and its fingerprint; train nothing")
     p.add_argument("--verbose", type=int, default=1,
                    help="Keras progress: 1 bars (default), 2 a line per epoch, 0 none")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="do not export model.onnx (the app then serves model.keras with TensorFlow)")
     p.add_argument("--mlflow", action="store_true",
                    help="log params, per-epoch metrics and the bundle to MLflow (./mlruns/ unless "
                    "MLFLOW_TRACKING_URI is set, which also turns this on)")
@@ -115,7 +119,7 @@ def train(recipe, out, args, argv=()):
 
         with steps.staged(out) as stage:
             meta = frozen.train(recipe, stage, prepared, pre, config, command=command)
-        return meta
+        return meta if args.no_onnx else steps.export_onnx(out, meta)
 
     t_cv = time.time()
     cv = steps.cross_validate(prepared, config, recipe.folds, recipe.val_fraction) if recipe.folds else None
@@ -160,6 +164,8 @@ def train(recipe, out, args, argv=()):
         if run:
             run.finish(None, out, status="FAILED")
         raise
+    if not args.no_onnx:
+        meta = steps.export_onnx(out, meta)
     if run:
         run.finish(meta, out)
     print(f"wrote bundle {out} ({meta['model']['bytes'] / 1e6:.1f} MB model) in {seconds / 60:.1f} min")
