@@ -351,3 +351,100 @@ def test_the_resize_is_opencvs_to_the_bit(tmp_path):
                        capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(p.stdout) == []
 
+
+
+# ---------------------------------------------------------------- the static Space (scripts/push_to_hub.py --web-space)
+
+HUB_TOKEN = "hf_test" + base64.b16encode(os.urandom(16)).decode().lower()
+
+
+@pytest.fixture(scope="module")
+def hub():
+    pytest.importorskip("huggingface_hub")
+    from tests.local_hub import running
+
+    with running(HUB_TOKEN) as server:
+        yield server
+
+
+def push(hub, tmp_path, *args):
+    """scripts/push_to_hub.py as a user runs it, against the local Hub: (exit status, output)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": HUB_TOKEN, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1"}
+    p = subprocess.run([sys.executable, "scripts/push_to_hub.py", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert HUB_TOKEN not in p.stdout + p.stderr
+    return p.returncode, p.stdout + p.stderr
+
+
+@pytest.mark.hub
+def test_the_static_space_serves_the_page_with_the_bundle_pinned_to_its_commit(hub, site, browser, tmp_path):
+    """A bundle published with --web-space: the Space holds the page and what it loads, at the
+    repository's paths; its config names the bundle at the commit (the tag resolved); served as
+    a static site, the page loads the bundle from the Hub and answers an example as the app does.
+    The local Hub sends no CORS headers; huggingface.co does, so the test adds them on the way."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    from scripts.push_to_hub import WEB_FILES
+
+    folder = bundle_folder(site, "lc25000")
+    code, out = push(hub, tmp_path, folder, "--repo-id", "lab/lung", "--tag", "v1", "--web-space", "lab/lung-web")
+    assert code == 0, out
+    api = HfApi(endpoint=hub.url, token=HUB_TOKEN)
+    commit = api.model_info("lab/lung", revision="v1").sha
+    assert {"model.onnx", "wrong_input.json", "wrong_input.bin"} <= set(api.list_repo_files("lab/lung", revision=commit))
+    assert f"web space: {hub.url}/spaces/lab/lung-web" in out
+    space = snapshot_download("lab/lung-web", repo_type="space", local_dir=str(tmp_path / "space"), endpoint=hub.url,
+                              token=HUB_TOKEN)
+    held = {os.path.relpath(os.path.join(d, f), space).replace(os.sep, "/") for d, _, names in os.walk(space)
+            for f in names}
+    assert {f for f in held if not f.startswith(".cache/")} - {".gitattributes"} == \
+        set(WEB_FILES) | {"web/config.json", "README.md"}
+    with open(os.path.join(space, "web", "config.json"), encoding="utf-8") as f:
+        assert json.load(f) == {"model": f"{hub.url}/lab/lung/resolve/{commit}/"}
+    with open(os.path.join(space, "README.md"), encoding="utf-8") as f:
+        header = f.read().split("---")[1]
+    assert "sdk: static" in header and "app_file: web/index.html" in header
+
+    handler = functools.partial(Quiet, directory=space)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    page = context.new_page()
+
+    def with_cors(route):
+        response = route.fetch()
+        route.fulfill(response=response, headers={**response.headers, "access-control-allow-origin": "*"})
+
+    try:
+        page.route(f"{hub.url}/**", with_cors)
+        page.goto(f"http://127.0.0.1:{server.server_port}/web/")
+        page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=60_000)
+        assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#status")
+        assert page.inner_text("#source") == f"{hub.url}/lab/lung/resolve/{commit}/"
+        with open(os.path.join(folder, "examples", "lung_scc_3.jpeg"), "rb") as f:
+            data = f.read()
+        got = answer_in_page(page, data)
+        app = classifier(folder).analyse(data)
+        assert got["top"] == max(app.probabilities, key=app.probabilities.get)
+    finally:
+        context.close()
+        server.shutdown()
+
+
+@pytest.mark.hub
+def test_a_web_space_for_a_bundle_without_the_pages_files_is_refused(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=HUB_TOKEN)
+    api.create_repo("lab/not-exported")
+    for name in ("metadata.json", "classes.json"):
+        api.upload_file(path_or_fileobj=os.path.join(ROOT, "models", "lc25000", name), path_in_repo=name,
+                        repo_id="lab/not-exported")
+    code, out = push(hub, tmp_path, "--web-space", "lab/page", "--model", "lab/not-exported@main")
+    assert code == 1
+    assert "lacks what the page reads (model.onnx, wrong_input.json, wrong_input.bin)" in out.strip().splitlines()[-1]
+    assert "Traceback" not in out
