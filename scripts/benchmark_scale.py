@@ -13,8 +13,16 @@ process, so its peak resident memory (ru_maxrss) is its own:
     fit        one epoch of `training.steps.fit` on the streamed train split (90% of the
                images), with 1 process (TensorFlow) or N JAX processes (training/distributed.py);
                a small network (compact, width 16, 64 px) so that the input is what scales
-    audit      training.audit.run: describe every image, candidate pairs from the HNSW index
-               (training/neighbours.py), SIFT checks, groups
+    check      the wrong-input fit after training (training.wrong_input.fit_on_splits, as
+               fit_bundle runs it on a --stream run): features and pixel statistics of every
+               split streamed from the files into a folder on disk, class means and the
+               Ledoit-Wolf covariance from their moments, threshold on val, rates on test;
+               a network of the committed models' feature width (--check-arch, default
+               lite0: 1280 features) at --image-size, untrained (memory does not depend on
+               the weights); split 80/10/10
+    audit      training.audit.run: describe every image into a work folder on disk, candidate
+               pairs from one nearest-neighbour index per 2,048 images (training/neighbours.py),
+               SIFT checks, groups
 
 Printed: a table per measurement with images, seconds, images per second and peak memory
 (for N processes, the largest worker's); --json writes the same rows.
@@ -88,7 +96,7 @@ def peak_mb(who=resource.RUSAGE_SELF):
 
 # ---------------------------------------------------------------- one measurement per process
 
-def _prepared(data, size, width):
+def _prepared(data, size, width, arch="compact"):
     """The data as training.datatypes.Prepared without decoding (streamed), split by file: every
     10th image to validation; and the FitConfig of a small network for one epoch."""
     from training import steps
@@ -103,12 +111,12 @@ def _prepared(data, size, width):
                               groups=[it.path for it in items], split=split, x=None,
                               y=np.array([labels.index(it.label) for it in items]), report={}, split_info={},
                               images_found=len(items), unreadable=[], left_out={})
-    recipe = Recipe(data=data, preset="lc25000", arch="compact", width=width, image_size=size, epochs=1,
+    recipe = Recipe(data=data, preset="lc25000", arch=arch, width=width, image_size=size, epochs=1,
                     batch_size=32)
     return prepared, steps.configure(recipe, verbose=0)[1]
 
 
-def child(kind, data, processes, size, width):
+def child(kind, data, processes, size, width, arch="lite0"):
     """Run one measurement here and print its row as JSON."""
     t0 = time.time()
     row = {"kind": kind, "processes": processes}
@@ -134,6 +142,17 @@ def child(kind, data, processes, size, width):
         else:
             steps.fit(prepared, config, data=stream.fit_datasets(prepared, config))
         row |= {"images": n, "seconds": time.time() - t0}
+    elif kind == "check":
+        from training import steps, wrong_input
+
+        prepared, config = _prepared(data, size, width, arch)
+        prepared.split[np.arange(len(prepared.split)) % 10 == 5] = "test"
+        model = steps.build_model(config, len(prepared.labels))
+        t0 = time.time()
+        ref, shrinkage, rates, _, _ = wrong_input.fit_on_splits(model, prepared)
+        row |= {"images": len(prepared.paths), "seconds": time.time() - t0, "arch": config.arch,
+                "feature_dim": int(ref.feature_dim), "shrinkage": round(shrinkage, 4),
+                "test_flagged": rates["test"]["flagged"]}
     elif kind == "audit":
         from training import audit
 
@@ -145,9 +164,9 @@ def child(kind, data, processes, size, width):
     print("ROW " + json.dumps(row), flush=True)
 
 
-def measure(kind, data, processes, size, width, timeout):
+def measure(kind, data, processes, size, width, timeout, arch="lite0"):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--data", data,
-           "--processes", str(processes), "--image-size", str(size), "--width", str(width)]
+           "--processes", str(processes), "--image-size", str(size), "--width", str(width), "--check-arch", arch]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     rows = [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("ROW ")]
     if p.returncode or not rows:
@@ -159,11 +178,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="class-folder data set (default: LC25000 in shared/)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="multiples of the set (default 1 4 16)")
-    p.add_argument("--what", nargs="+", default=["input", "fit", "audit"], choices=["input", "fit", "audit"])
+    p.add_argument("--what", nargs="+", default=["input", "fit", "check", "audit"],
+                   choices=["input", "fit", "check", "audit"])
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2],
                    help="process counts for 'fit' (default 1 2)")
     p.add_argument("--image-size", type=int, default=64, help="network input side (default 64)")
     p.add_argument("--width", type=int, default=16, help="compact network width (default 16)")
+    p.add_argument("--check-arch", default="lite0", choices=["compact", "resnet", "mobilenet", "lite0", "lite2"],
+                   help="network of the 'check' measurement (default lite0: 1280 features, as the committed models)")
     p.add_argument("--work", help="folder for the expanded sets (default: a temporary one, deleted)")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per measurement (default 7200)")
     p.add_argument("--quick", action="store_true", help="made-up images, sizes 1 and 2: a smoke run")
@@ -171,7 +193,7 @@ def main(argv=None):
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        return child(args.child, args.data, args.processes[0], args.image_size, args.width)
+        return child(args.child, args.data, args.processes[0], args.image_size, args.width, args.check_arch)
 
     work = args.work or tempfile.mkdtemp(prefix="lung-scale-")
     if args.quick:
@@ -186,7 +208,7 @@ def main(argv=None):
                 print(f"built {data}: {n} images in {time.time() - t0:.0f} s", flush=True)
             for kind in args.what:
                 for procs in (args.processes if kind == "fit" else [1]):
-                    row = measure(kind, data, procs, args.image_size, args.width, args.timeout)
+                    row = measure(kind, data, procs, args.image_size, args.width, args.timeout, args.check_arch)
                     row["factor"] = factor
                     rows.append(row)
                     print(f"{kind:5s} {factor:3d}x  {procs} process{'es' if procs > 1 else '  '} "
@@ -201,6 +223,15 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['kind']} | {r['factor']}x | {r['processes']} | {r['images']} | {r['seconds']:.1f} | "
               f"{r['images_per_s']:.1f} | {r['peak_mb']:.0f} |")
+    print("\n| measurement | processes | peak memory at each size (MB) | largest size / smallest: peak memory, "
+          "seconds per image |")
+    print("| --- | --- | --- | --- |")
+    for kind, procs in dict.fromkeys((r["kind"], r["processes"]) for r in rows):
+        same = sorted((r for r in rows if (r["kind"], r["processes"]) == (kind, procs)), key=lambda r: r["factor"])
+        first, last = same[0], same[-1]
+        print(f"| {kind} | {procs} | " + ", ".join(f"{r['factor']}x {r['peak_mb']:.0f}" for r in same)
+              + f" | {last['peak_mb'] / first['peak_mb']:.2f}x, "
+              f"{(last['seconds'] / last['images']) / (first['seconds'] / first['images']):.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"data": os.path.abspath(args.data), "image_size": args.image_size, "width": args.width,

@@ -100,6 +100,7 @@ def test_the_wrong_input_fit_reads_streamed_files_as_it_reads_decoded_images(tin
     from lungclf.bundle import load
     from training import steps
     from training.recipe import Recipe
+    from training.stream import Rows
     from training.wrong_input import split_features
 
     decoded_data = steps.prepare_recipe(Recipe.from_bundle(tiny_bundle["out"]))
@@ -112,6 +113,6 @@ def test_the_wrong_input_fit_reads_streamed_files_as_it_reads_decoded_images(tin
         np.testing.assert_allclose(s2, s, rtol=1e-6, atol=1e-6)
         assert (y2 == y).all() and ok2.all() and len(ok2) == len(ok)
         f3, s3, _, _ = split_features(model, streamed_data, split, batch_size=5, folder=str(tmp_path))
-        assert isinstance(f3, np.memmap) and f3.filename == str(tmp_path / f"{split}.npy")  # on disk
-        np.testing.assert_array_equal(f3, f2)
+        assert isinstance(f3, Rows) and f3.path == str(tmp_path / f"{split}.f32")  # on disk
+        np.testing.assert_array_equal(f3[:], f2)
         np.testing.assert_array_equal(s3, s2)

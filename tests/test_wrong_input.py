@@ -109,15 +109,16 @@ def _features(n=5000, d=24, c=3, seed=0):
 @pytest.mark.parametrize("shrinkage", [None, 0.3])
 def test_the_fit_from_accumulated_moments_equals_scikit_learn_on_the_rows(shrinkage, tmp_path):
     """Class means, the centred scatter and the fourth moment, accumulated BLOCK rows at a
-    time from a memmap on disk, give the reference the in-memory fit gave (to 1e-6 relative):
+    time from a file on disk, give the reference the in-memory fit gave (to 1e-6 relative):
     Ledoit-Wolf's own shrinkage and a chosen one."""
     from training import wrong_input
 
+    from training.stream import Rows
+
     f, y, stats = _features()
-    on_disk = np.lib.format.open_memmap(tmp_path / "f.npy", "w+", np.float32, f.shape)
-    on_disk[:] = f
+    np.save(tmp_path / "f.npy", f)
     means, precision, used = _in_memory_fit(f.astype(np.float64), y, 3, shrinkage)
-    for feats in (f, np.load(tmp_path / "f.npy", mmap_mode="r")):
+    for feats in (f, np.load(tmp_path / "f.npy", mmap_mode="r"), Rows.npy(str(tmp_path / "f.npy"))):
         ref, got = wrong_input.fit(feats, y, stats, 3, shrinkage=shrinkage)
         np.testing.assert_allclose(ref.means, means, rtol=1e-6)
         np.testing.assert_allclose(ref.precision, precision, rtol=1e-6, atol=1e-9 * np.abs(precision).max())

@@ -80,6 +80,7 @@ WORST_GROUPS_SHOWN = 8  # contact sheets in figures/
 CHUNK = 256  # images described before they are appended to the store
 SHARD = neighbours.SHARD  # images per nearest-neighbour index (colour, layout, keypoint votes)
 QUERY_BLOCK = 512  # images whose keypoints ask the vote index at a time
+VOTE_PROBES = 2  # lists each keypoint asks, when there are too many keypoints for one index
 PAIR_BLOCK = 4096  # candidate pairs whose thumbnails are compared at a time
 
 cv2.setNumThreads(1)  # threads are used across images instead
@@ -198,11 +199,13 @@ class Store:
         o = self.offsets[name]
         return getattr(self, name).read(o[i], o[i + 1] if limit is None else min(o[i + 1], o[i] + limit))
 
-    def described(self, i):
-        """Image i as a Described (its arrays read from disk)."""
-        return Described(**{k: v[i] for k, v in self.info.items()},
-                         grey=self.ragged("grey", i).reshape(self.shapes[i]), colour=self.colour[i],
-                         layout=self.layout[i].reshape(24, 24), thumb=self.thumb[i],
+    def described(self, i, matching=False):
+        """Image i as a Described (its arrays read from disk); `matching`: only what
+        near_copy reads (grey, points, descriptors), the rest None."""
+        fixed = {"colour": None, "layout": None, "thumb": None} if matching else dict(
+            colour=self.colour[i], layout=self.layout[i].reshape(24, 24), thumb=self.thumb[i])
+        return Described(**{k: v[i] for k, v in self.info.items()}, **fixed,
+                         grey=self.ragged("grey", i).reshape(self.shapes[i]),
                          points=self.ragged("points", i), descriptors=self.ragged("descriptors", i))
 
 
@@ -355,23 +358,19 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
     each) -> pairs (m, 2). Unlike the colour histogram and layout thumbnail, this finds
     zoomed-in copies.
 
-    At scale: one kd-tree index per `shard` images, asked by every image's keypoints,
-    QUERY_BLOCK images at a time; each keypoint's nearest so far are kept in a file in
-    `work` when there are several shards; the votes (pairs of images) go to files by image
-    and are counted one file at a time. With one shard this is one index over every image."""
+    Up to `shard` images' worth of keypoints (shard x VOTE_KEYPOINTS): one index over all of
+    them, asked QUERY_BLOCK images at a time. Beyond: the keypoints are split into lists of
+    about half that many (_vote_lists), so memory holds one list's index whatever the size.
+    The votes (pairs of images) go to files by image, counted one file at a time."""
     n, near = store.n, VOTE_NEIGHBOURS + 1
     per_image = np.minimum(np.diff(store.offsets["descriptors"]), VOTE_KEYPOINTS)
     total = int(per_image.sum())
     if total <= VOTE_NEIGHBOURS:
         return np.zeros((0, 2), np.int64)
     starts = np.concatenate([[0], np.cumsum(per_image)])  # each image's first voting keypoint
-    shards = [(lo, min(n, lo + shard)) for lo in range(0, n, shard)]
     blocks = [(lo, min(n, lo + QUERY_BLOCK)) for lo in range(0, n, QUERY_BLOCK)]
     tmp = tempfile.TemporaryDirectory(prefix="votes-", dir=work)
     folder = tmp.name
-    if len(shards) > 1:  # each keypoint's nearest so far, over the shards done (as is, mirrored)
-        best_d = Rows(os.path.join(folder, "dist"), np.float32, (2 * total, near), create=True, fill=np.inf)
-        best_o = Rows(os.path.join(folder, "owner"), np.int64, (2 * total, near), create=True, fill=-1)
     rows_per_file = max(1, shard)
     outs = [open(os.path.join(folder, f"votes-{b}.bin"), "wb") for b in range(-(-n // rows_per_file))]
 
@@ -386,36 +385,24 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
         for f, part in zip(names, np.split(codes, firsts[1:])):
             outs[f].write(part.astype(np.int64).tobytes())
 
-    for lo, hi in shards:
-        base, owner = _voters(store, lo, hi)
-        if not len(base):
-            continue
+    if total <= shard * VOTE_KEYPOINTS:
+        base, owner = _voters(store, 0, n)
         cv2.setRNGSeed(0)  # the kd-trees are randomised: the same candidates on every run
         index = cv2.flann_Index(base, dict(algorithm=1, trees=4))  # 1: randomised kd-trees
-        k_here = min(near, len(base))
-        for qlo, qhi in blocks:
-            query, q_owner = _voters(store, qlo, qhi)
-            if not len(query):
-                continue
-            for m, q in enumerate((query, np.ascontiguousarray(_mirror_descriptors(query)))):
-                nearest, dist = index.knnSearch(q, k_here, params=dict(checks=32))
-                found = owner[nearest]
-                if len(shards) == 1:
-                    vote(np.repeat(q_owner, k_here), found.ravel())
-                    continue
-                rows = slice(m * total + starts[qlo], m * total + starts[qhi])
-                d = np.concatenate([best_d[rows], dist.reshape(len(q), -1)], axis=1)
-                o = np.concatenate([best_o[rows], found.reshape(len(q), -1)], axis=1)
-                order = np.argsort(d, axis=1, kind="stable")[:, :near]
-                best_d[rows] = np.take_along_axis(d, order, 1)
-                best_o[rows] = np.take_along_axis(o, order, 1)
-    if len(shards) > 1:
-        for qlo, qhi in blocks:
-            q_owner = np.repeat(np.arange(qlo, qhi), per_image[qlo:qhi])
-            for m in range(2):
-                vote(np.repeat(q_owner, near), best_o[m * total + starts[qlo]:m * total + starts[qhi]].ravel())
-        best_d.close()
-        best_o.close()
+        del base  # the index keeps its own copy
+
+        def ask(block):
+            query, q_owner = _voters(store, *block)
+            return [(np.repeat(q_owner, near), owner[index.knnSearch(q, near, params=dict(checks=32))[0]].ravel())
+                    for q in (query, np.ascontiguousarray(_mirror_descriptors(query)))]
+
+        with ThreadPoolExecutor(2) as pool:  # FLANN lets go of the GIL while it searches
+            for found in pool.map(ask, blocks):
+                for src, dst in found:
+                    vote(src, dst)
+        del index
+    else:
+        _vote_lists(store, per_image, starts, blocks, shard * VOTE_KEYPOINTS // 2, folder, vote)
     for f in outs:
         f.close()
     pairs_out = []
@@ -429,6 +416,92 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
         pairs_out.append(np.stack([rows[rank < k], cols[rank < k]], axis=1))
     tmp.cleanup()
     return np.concatenate(pairs_out) if pairs_out else np.zeros((0, 2), np.int64)
+
+
+def _vote_lists(store, per_image, starts, blocks, list_size, folder, vote):
+    """The keypoint votes of a set too large for one index, in bounded memory and time that
+    grows with the number of keypoints, not its square (an inverted file, as faiss' IVF):
+
+    1. k-means (faiss, seeded) on a sample of the voting keypoints: one centroid per
+       `list_size` keypoints; each keypoint is filed under its nearest centroid's list
+       (on disk), and asks (as is, and mirrored) the VOTE_PROBES lists nearest to it;
+    2. list by list: a kd-tree index over its keypoints (at most 2 x list_size at a time),
+       asked by the keypoints that chose that list; the answers go to files by keypoint;
+    3. file by file: each keypoint's VOTE_NEIGHBOURS + 1 nearest over its lists vote."""
+    import faiss
+
+    total, near = int(starts[-1]), VOTE_NEIGHBOURS + 1
+    n_lists = -(-total // list_size)
+    sample = np.zeros(total, bool)
+    sample[np.random.default_rng(0).choice(total, min(total, max(50 * n_lists, 20_000)), replace=False)] = True
+    train = np.concatenate([_voters(store, lo, hi)[0][sample[starts[lo]:starts[hi]]] for lo, hi in blocks])
+    kmeans = faiss.Kmeans(128, n_lists, niter=20, seed=0)
+    kmeans.train(train)
+    del train, sample
+    path = lambda kind, i: os.path.join(folder, f"{kind}-{i}.bin")  # noqa: E731
+    files = {(kind, i): open(path(kind, i), "wb") for kind in ("base", "owner", "query", "id")
+             for i in range(n_lists)}
+
+    def file(kind, lists, rows):  # rows into the files of their lists
+        order = np.argsort(lists, kind="stable")
+        names, firsts = np.unique(lists[order], return_index=True)
+        for i, part in zip(names, np.split(np.ascontiguousarray(rows[order]), firsts[1:])):
+            files[kind, int(i)].write(part.tobytes())
+
+    for lo, hi in blocks:
+        desc, owner = _voters(store, lo, hi)
+        ids = np.arange(starts[lo], starts[hi])
+        mirrored = np.ascontiguousarray(_mirror_descriptors(desc))
+        for m, q in enumerate((desc, mirrored)):
+            lists = kmeans.index.search(q, VOTE_PROBES)[1]
+            if m == 0:
+                file("base", lists[:, 0], desc)
+                file("owner", lists[:, 0], owner.astype(np.int64))
+            for p in range(VOTE_PROBES):
+                file("query", lists[:, p], q)
+                file("id", lists[:, p], ids + m * total)  # which keypoint asks, and mirrored or not
+    for f in files.values():
+        f.close()
+    bucket = max(1, list_size)  # keypoints (as is or mirrored) per answer file
+    answers = [open(os.path.join(folder, f"answers-{b}.bin"), "wb") for b in range(-(-2 * total // bucket))]
+    answer = np.dtype([("id", np.int64), ("dist", np.float32), ("owner", np.int64)])
+    for i in range(n_lists):
+        owner = np.fromfile(path("owner", i), np.int64)
+        base = Rows(path("base", i), np.float32, (len(owner), 128))
+        queries = Rows(path("query", i), np.float32, (os.path.getsize(path("query", i)) // 512, 128))
+        ids = Rows(path("id", i), np.int64, (len(queries),))
+        for c in range(0, len(base), 2 * list_size):
+            chunk = base[c:c + 2 * list_size]
+            cv2.setRNGSeed(0)
+            index = cv2.flann_Index(chunk, dict(algorithm=1, trees=4))
+            k_here = min(near, len(chunk))
+
+            def ask(start):
+                nearest, dist = index.knnSearch(queries[start:start + 65536], k_here, params=dict(checks=32))
+                out = np.empty(nearest.size, answer)
+                out["id"] = np.repeat(ids[start:start + 65536], k_here)
+                out["dist"], out["owner"] = dist.ravel(), owner[c:][nearest.ravel()]
+                return out
+
+            with ThreadPoolExecutor(2) as pool:
+                for out in pool.map(ask, range(0, len(queries), 65536)):
+                    order = np.argsort(out["id"] // bucket, kind="stable")
+                    out = out[order]
+                    names, firsts = np.unique(out["id"] // bucket, return_index=True)
+                    for b, part in zip(names, np.split(out, firsts[1:])):
+                        answers[int(b)].write(part.tobytes())
+            index = chunk = None
+        for rows in (base, queries, ids):
+            rows.close()
+    for f in answers:
+        f.close()
+    for b in range(len(answers)):
+        out = np.fromfile(os.path.join(folder, f"answers-{b}.bin"), answer)
+        out = out[np.lexsort((out["dist"], out["id"]))]  # by keypoint, nearest first
+        rank = np.arange(len(out)) - np.searchsorted(out["id"], out["id"])
+        out = out[rank < near]
+        src = np.searchsorted(starts, out["id"] % total, side="right") - 1  # the asking keypoint's image
+        vote(src, out["owner"])
 
 
 class _Centred:
@@ -475,8 +548,9 @@ def _candidates(store, shard=SHARD, work=None):
     colour = _Centred(store.colour, _column_mean(store.colour))
     views = [_View(store.layout, r, m) for m in (False, True) for r in range(4)]
     method = neighbours.default_method()
+    wide, narrow = Store.FIXED["colour"], Store.FIXED["layout"]  # narrow rows: more of them an index
     found = [neighbours.top_k(colour, COLOUR_CANDIDATES, method=method, shard=shard),
-             neighbours.top_k(views[0], CANDIDATES, views[1:], method=method, shard=shard)]
+             neighbours.top_k(views[0], CANDIDATES, views[1:], method=method, shard=shard * wide // narrow)]
     i = np.concatenate([np.repeat(np.arange(n), f.shape[1]) for f in found])
     j = np.concatenate([f.ravel() for f in found])
     votes = _vote_top_k(store, VOTE_CANDIDATES, shard, work)
@@ -518,7 +592,7 @@ def _near_edges(store, candidates, exact_edges, workers, progress):
         groups.join(i, j)
 
     def check(pair):
-        inliers, agreement = near_copy(store.described(pair[0]), store.described(pair[1]))
+        inliers, agreement = near_copy(store.described(pair[0], True), store.described(pair[1], True))
         return inliers >= MIN_INLIERS and agreement >= MIN_DETAIL_AGREEMENT
 
     edges = []

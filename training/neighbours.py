@@ -70,7 +70,7 @@ class Index:
 
     def __init__(self, base, method="hnsw"):
         self.base = np.ascontiguousarray(base, np.float32)
-        self.method = method
+        self.method, self.n = method, len(self.base)
         if method == "hnsw":
             import faiss
 
@@ -78,13 +78,14 @@ class Index:
             self.index.hnsw.efConstruction = EF_CONSTRUCTION
             self.index.hnsw.efSearch = EF_SEARCH
             self.index.add(self.base)
+            self.base = None  # faiss holds its own copy
         elif method != "exact":
             raise ValueError(f"unknown neighbour search {method!r}; use hnsw or exact")
 
     def search(self, queries, k):
         """(similarities, indices), each (len(queries), k); indices -1 where fewer exist."""
         queries = np.ascontiguousarray(queries, np.float32)
-        k = min(k, len(self.base))
+        k = min(k, self.n)
         if self.method == "exact":
             return _exact(self.base, queries, k)
         sims, idx = [], []

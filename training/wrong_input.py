@@ -12,7 +12,7 @@ if they differ; flags override the recipe's wrong-input settings. Then:
      class means of the penultimate features and one shared covariance with Ledoit-Wolf
      shrinkage (or wrong_input_shrinkage), accumulated in two passes over the features
      (class sums; then the centred scatter and fourth moment that Ledoit-Wolf's formula
-     needs), which a streamed run keeps in a memmap on disk; the pixel statistics'
+     needs), which a streamed run keeps in a file on disk; the pixel statistics'
      mean and covariance (flagging beyond 1.25 x the largest training distance), and the
      colourfulness range of the images;
   2. sets the feature threshold so that wrong_input_quantile (default 5%) of images the
@@ -124,8 +124,8 @@ def _blocks(n):
 
 
 def class_moments(features, labels, n_classes):
-    """First pass: (class means (C, D), counts) of `features` (N, D; an array or a memmap on
-    disk), read BLOCK rows at a time in float64."""
+    """First pass: (class means (C, D), counts) of `features` (N, D; an array, a memmap, or
+    training.stream.Rows on disk), read BLOCK rows at a time in float64."""
     y = np.asarray(labels)
     sums = np.zeros((n_classes, features.shape[1]))
     for b in _blocks(len(y)):
@@ -173,7 +173,7 @@ def fit(train_features, train_labels, train_stats, n_classes, modality="", shrin
     """The reference, without its feature threshold: class means and shared shrinkage
     precision of the features (Ledoit-Wolf's own shrinkage, or `shrinkage` towards a scaled
     identity); mean, precision and threshold of the pixel statistics; colour range.
-    `train_features` (N, D): an array, or a memmap on disk (split_features with a folder):
+    `train_features` (N, D): an array, or rows on disk (split_features with a folder):
     read in two passes of BLOCK rows (class means, then the centred scatter and fourth
     moment), so memory holds (D, D) sums, never the rows. `train_stats`: the training images'
     pixel statistics (lungclf.wrong_input.pixel_stats), 8 numbers an image.
@@ -201,7 +201,7 @@ def fit(train_features, train_labels, train_stats, n_classes, modality="", shrin
 
 
 def flags(ref, stats, feats):
-    """ref.flags_of(stats, feats) BLOCK rows at a time (feats may be a memmap on disk)."""
+    """ref.flags_of(stats, feats) BLOCK rows at a time (feats may be rows on disk)."""
     parts = [ref.flags_of(stats[b], np.asarray(feats[b])) for b in _blocks(len(stats))]
     if not parts:
         return ref.flags_of(stats, np.zeros((0, ref.feature_dim)))
@@ -291,7 +291,7 @@ def split_features(model, data, split, batch_size=64, folder=None):
     training.datatypes.Prepared): from its decoded images (x), or, when it has none
     (--stream), read from the files batch by batch, so memory holds a batch of images and
     8 numbers per image, never the images. With `folder`, the streamed features go to
-    FOLDER/<split>.npy and come back as a read-only memmap of it (fit and flags read it
+    FOLDER/<split>.f32 and come back as training.stream.Rows of it (fit and flags read it
     in blocks), so the (D numbers per image) features stay on disk too. `readable`: per file
     of the split, whether it was read (the other rows are left out of the first three)."""
     mask = np.asarray(data.split) == split
@@ -304,8 +304,8 @@ def split_features(model, data, split, batch_size=64, folder=None):
     files = stream.files(data, split)
     dim = model.layers[-1].input.shape[-1]
     if folder:
-        path = os.path.join(folder, f"{split}.npy")
-        store = np.lib.format.open_memmap(path, "w+", np.float32, (max(1, len(files.paths)), dim))
+        path = os.path.join(folder, f"{split}.f32")
+        store = stream.Rows(path, np.float32, (len(files.paths), dim), create=True)
     else:
         store = np.zeros((len(files.paths), dim), np.float32)
     forward = forward_fn(model, traced=False)  # once: each batch reuses it
@@ -319,10 +319,8 @@ def split_features(model, data, split, batch_size=64, folder=None):
         ys.append(y)
         oks.append(ok)
     if folder:
-        store.flush()
-        del store
-        store = np.load(path, mmap_mode="r")
-    return (store[:n], np.concatenate(stats), np.concatenate(ys).astype(int) if ys else np.zeros(0, int),
+        store.close()
+    return (stream.Rows(path, np.float32, (n, dim)) if folder else store[:n], np.concatenate(stats), np.concatenate(ys).astype(int) if ys else np.zeros(0, int),
             np.concatenate(oks) if oks else np.zeros(0, bool))
 
 
@@ -332,26 +330,33 @@ def fit_bundle(bundle, model, data, *, recipe, command=None, log=print):
     recipe's ood_data. `data`: training.datatypes.Prepared, with its images (x) or streamed
     from its files (split_features)."""
     split = np.asarray(data.split)
-    tr, va, te = split == "train", split == "val", split == "test"
-    log(f"wrong-input check: features of {tr.sum()} training, {va.sum()} validation, {te.sum()} test images"
-        + (" (streamed)" if data.x is None else ""))
+    log(f"wrong-input check: features of {(split == 'train').sum()} training, {(split == 'val').sum()} validation, "
+        f"{(split == 'test').sum()} test images" + (" (streamed)" if data.x is None else ""))
+    meta = _read_meta(bundle)
+    ref, shrinkage, rates, te, ok = fit_on_splits(model, data, meta["task"]["modality"], recipe.wrong_input_shrinkage,
+                                                  recipe.wrong_input_quantile)
+    return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
+                  f"train split ({int((split == 'train').sum())} images)", command, log)
+
+
+def fit_on_splits(model, data, modality="", shrinkage=None, quantile=0.05):
+    """The reference fitted on the train split, its threshold set on val (train when there is
+    no val), its rates measured on val and test -> (reference, shrinkage used, rates, test
+    mask of the files read, which of those the check passes). Streamed (data.x None), the
+    features go to a temporary folder on disk and are read back in blocks."""
+    te = np.asarray(data.split) == "test"
     with tempfile.TemporaryDirectory(prefix="wrong-input-") as work:  # streamed features, on disk
         folder = work if data.x is None else None
         (f_tr, s_tr, y_tr, _), (f_va, s_va, _, _), (f_te, s_te, _, read_te) = (
             split_features(model, data, name, folder=folder) for name in ("train", "val", "test"))
-        te = te.copy()
         te[te] = read_te  # the test files that were read: the examples are chosen among them
-        va = len(f_va) > 0
-        meta = _read_meta(bundle)
-        ref, shrinkage = fit(f_tr, y_tr, s_tr, len(data.labels), meta["task"]["modality"],
-                             recipe.wrong_input_shrinkage)
-        set_threshold(ref, s_va, f_va, recipe.wrong_input_quantile) if va else \
-            set_threshold(ref, s_tr, f_tr, recipe.wrong_input_quantile)
+        ref, shrinkage = fit(f_tr, y_tr, s_tr, len(data.labels), modality, shrinkage)
+        set_threshold(ref, s_va, f_va, quantile) if len(f_va) else set_threshold(ref, s_tr, f_tr, quantile)
         rates = {"val": rate(ref, s_va, f_va), "test": rate(ref, s_te, f_te)}
         ok = ~np.any(flags(ref, s_te, f_te)[:3], axis=0)
-        del f_tr, f_va, f_te  # the memmaps, before their folder goes
-    return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
-                  f"train split ({int(tr.sum())} images)", command, log)
+        for f in (f_tr, f_va, f_te):
+            getattr(f, "close", lambda: None)()  # rows on disk, before their folder goes
+    return ref, shrinkage, rates, te, ok
 
 
 def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, command=None, log=print):
