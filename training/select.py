@@ -19,8 +19,9 @@ and every candidate's fold figures go to --json.
 
 Cost on 2 cores: a frozen candidate's features are computed once per view (cached, see
 training/frozen.py), then its head fits in about a second a fold; a finetune candidate
-trains a network per fold (minutes to half an hour each), so its finished folds are
-saved in --state and a rerun resumes where it stopped.
+trains a network per fold (minutes to half an hour each), so its finished folds' out-of-fold
+logits are saved in --state (default: recipes/candidates/NAME.folds.json, committed, so a
+later session resumes where this one stopped; a state made on other groups is not reused).
 """
 
 import argparse
@@ -84,9 +85,12 @@ def finetune_folds(recipe, config, prepared, state, save, log):
 
     from lungclf.inference import predict_logits
     from training.data import Item, load_images
-    from training.split import group_folds
+    from training.split import fingerprint, group_folds
 
-    key = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    # The folds are the recipe's on these groups: a state from other groups (another audit, or
+    # another CPU's borderline near-copy) is not resumed.
+    key = hashlib.sha256(json.dumps([recipe.to_dict(), fingerprint(prepared.rows())],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     done = state.setdefault(key, {})
     y, groups = np.asarray(prepared.y), np.asarray(prepared.groups)
     x = None
@@ -201,11 +205,13 @@ def main(argv=None):
     p.add_argument("candidates", help="a candidates file (TOML: [base] and [[candidate]] tables)")
     p.add_argument("--out", help="write the winner here as a recipe file")
     p.add_argument("--json", help="write every candidate's fold figures here")
-    p.add_argument("--state", help="keep finished finetune folds here and resume from it")
+    p.add_argument("--state", help="keep finished finetune folds here and resume from it (default: "
+                   "CANDIDATES with .folds.json for .toml, beside it: commit it, so a later session resumes)")
     p.add_argument("--only", choices=["frozen", "finetune"], help="score only candidates of this method")
     args = p.parse_args(argv)
     with cli_errors():
-        rows = select(args.candidates, args.out, args.json, args.state, args.only)
+        state = args.state or os.path.splitext(args.candidates)[0] + ".folds.json"
+        rows = select(args.candidates, args.out, args.json, state, args.only)
         if not rows:
             raise TrainingError("no candidates")
     return rows
