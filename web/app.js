@@ -596,7 +596,8 @@ async function start() {
       img.addEventListener("click", () => api.analyse(e.blob, names[e.label] || e.label));
       $("examples").append(img);
     }
-    api.readyMs = performance.now() - t0;
+    api.readyMs = performance.now() - t0; // since this module started; readyAt: since the page was requested
+    api.readyAt = performance.now();
     api.bytes = bundle.bytes;
     status.textContent = `Model ready in ${(api.readyMs / 1000).toFixed(1)} s.`;
     body.dataset.state = "ready";
