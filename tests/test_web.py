@@ -276,6 +276,27 @@ def test_no_request_leaves_the_page_after_the_bundle_is_loaded(browser, site, tm
         context.close()
 
 
+def test_a_dropped_file_and_a_pasted_one_are_answered(pages):
+    """Dragged from the desktop onto the drop zone, or pasted: the same answer as the app's."""
+    from tests.helpers import DROP
+
+    page = pages("lc25000")
+    with open(os.path.join(ROOT, "models", "lc25000", "examples", "lung_n_2.jpeg"), "rb") as f:
+        b64 = base64.b64encode(f.read()).decode()
+    page.evaluate("document.querySelector('#answer').dataset.state = 'empty'")
+    page.evaluate(DROP, [page.locator("#drop").element_handle(), "tile.jpeg", "image/jpeg", b64])
+    page.wait_for_function("document.querySelector('#answer').dataset.state === 'answered'")
+    assert page.inner_text("#label") == "Benign lung tissue"
+    page.evaluate("""(b64) => {
+        document.querySelector('#answer').dataset.state = 'empty';
+        const data = new DataTransfer();
+        data.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], 'p.png', {type: 'image/png'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true}));
+    }""", base64.b64encode(made_files()["grey.png"]).decode())
+    page.wait_for_function("document.querySelector('#answer').dataset.state === 'answered'")
+    assert "It is a grey image; the histopathology tiles it was trained on are coloured." in page.inner_text("#notice")
+
+
 def test_the_page_shows_the_disclaimer_the_held_out_figures_and_that_nothing_is_uploaded(pages, site):
     page = pages("lc25000")
     with open(os.path.join(bundle_folder(site, "lc25000"), "metadata.json"), encoding="utf-8") as f:
