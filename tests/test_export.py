@@ -233,6 +233,10 @@ def test_the_pages_wrong_input_reference_gives_the_apps_distances(exported):
     np.testing.assert_allclose(arrays["precision"], bundle.reference.precision, rtol=1e-6,
                                atol=1e-6 * np.abs(bundle.reference.precision).max())
     assert ref["check"]["relative"] <= REFERENCE_TOLERANCE and ref["check"]["same_verdict"] == result["checked_on"]
+    from lungclf.schema import parse_metadata  # the export's dict is what metadata.json's schema reads
+
+    typed = parse_metadata({**bundle.meta.raw, "onnx": result}).onnx.reference
+    assert (typed.sha256, typed.data.sha256, typed.data.bytes) == (ref["sha256"], header["sha256"], header["bytes"])
     if bundle.meta.task.modality == "CT":  # model and reference: the page's download <= 20 MB
         assert result["bytes"] + header["bytes"] <= 20_000_000
 
