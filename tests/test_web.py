@@ -228,13 +228,15 @@ def test_odd_files_give_the_apps_model_input_and_answer(pages, site, name):
         compare(pages(name), folder, f, data)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, before the app's refusal
 def test_a_file_the_browser_cannot_read_gets_the_apps_message(pages):
     from lungclf.preprocess import ImageError, load_image
 
     page = pages("lc25000")
     jpeg = encode(Image.fromarray(tissue(200, 200)), "JPEG")
     cases = {"empty": b"", "text": b"a plain text file, not an image\n" * 20, "truncated": jpeg[: len(jpeg) // 2],
-             "too_small": encode(Image.fromarray(tissue(12, 30)), "PNG")}
+             "too_small": encode(Image.fromarray(tissue(12, 30)), "PNG"),
+             "too_large": encode(Image.new("1", (7000, 6000)), "PNG")}  # 42 million pixels, a few kB
     for case, data in cases.items():
         with pytest.raises(ImageError) as app:
             load_image(data, 128)
@@ -469,3 +471,17 @@ def test_a_web_space_for_a_bundle_without_the_pages_files_is_refused(hub, tmp_pa
     assert code == 1
     assert "lacks what the page reads (model.onnx, wrong_input.json, wrong_input.bin)" in out.strip().splitlines()[-1]
     assert "Traceback" not in out
+
+
+def test_the_benchmark_prints_ready_time_answer_times_and_bytes(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "scripts/benchmark_web.py", "--loads", "1", "--rounds", "1", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (result,) = json.loads(p.stdout[p.stdout.index("{"):])["results"]
+    assert result["model"] == "lc25000" and result["answers"] == 6
+    assert 0 < result["answer_ms"] <= result["with_heatmap_ms"] and 0 < result["ready_ms"]
+    # the runtime (14.2 MB of WebAssembly), the model (1.0 MB), its reference and the examples
+    assert 15e6 < result["downloaded_bytes"] < 16e6
