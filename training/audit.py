@@ -386,7 +386,9 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
             outs[f].write(part.astype(np.int64).tobytes())
 
     if total <= shard * VOTE_KEYPOINTS:
-        base, owner = _voters(store, 0, n)
+        parts = [_voters(store, lo, hi) for lo, hi in blocks]  # a block's descriptors read at a time
+        base, owner = (np.concatenate(a) for a in zip(*parts))
+        del parts
         cv2.setRNGSeed(0)  # the kd-trees are randomised: the same candidates on every run
         index = cv2.flann_Index(base, dict(algorithm=1, trees=4))  # 1: randomised kd-trees
         del base  # the index keeps its own copy
@@ -475,6 +477,7 @@ def _vote_lists(store, per_image, starts, blocks, list_size, folder, vote):
             cv2.setRNGSeed(0)
             index = cv2.flann_Index(chunk, dict(algorithm=1, trees=4))
             k_here = min(near, len(chunk))
+            chunk = None  # the index keeps its own copy
 
             def ask(start):
                 nearest, dist = index.knnSearch(queries[start:start + 65536], k_here, params=dict(checks=32))
@@ -490,7 +493,7 @@ def _vote_lists(store, per_image, starts, blocks, list_size, folder, vote):
                     names, firsts = np.unique(out["id"] // bucket, return_index=True)
                     for b, part in zip(names, np.split(out, firsts[1:])):
                         answers[int(b)].write(part.tobytes())
-            index = chunk = None
+            index = None
         for rows in (base, queries, ids):
             rows.close()
     for f in answers:
