@@ -164,7 +164,21 @@ def made_files():
         "image.jpeg": encode(Image.fromarray(a), "JPEG", quality=92),
         "exif_rotated.jpeg": exif_rotated(a),
         "huge.jpeg": encode(Image.fromarray(tissue(2400, 1800, 3)), "JPEG", quality=90),  # Pillow: 1/8 draft
+        "cmyk.jpeg": encode(Image.fromarray(a).convert("CMYK"), "JPEG", quality=92),
+        "grey.jpeg": encode(Image.fromarray(grey, "L"), "JPEG", quality=92),
+        "progressive.jpeg": encode(Image.fromarray(a), "JPEG", quality=90, progressive=True),
+        "grey_alpha.png": encode(Image.fromarray(np.dstack([grey, alpha[:, :, 3]]), "LA"), "PNG"),
+        "rgb_sixteen_bit.png": rgb16_png(a),
     }
+
+
+def rgb16_png(a):
+    """A 16-bit-per-channel RGB PNG (Pillow reads it as 8-bit RGB)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", (a.astype(np.uint16) * 257)[:, :, ::-1])
+    assert ok
+    return buf.tobytes()
 
 
 # Pillow decodes a JPEG much larger than the model input at 1/2, 1/4 or 1/8 scale (libjpeg's
