@@ -355,6 +355,26 @@ def test_a_changed_model_file_is_refused_by_its_sha256(browser, site):
         context.close()
 
 
+def test_a_bundle_whose_check_has_no_page_form_is_refused(browser, site):
+    """An export from before the page's reference: the app would check each image, so the page
+    refuses to answer without the check, and says what to run."""
+    url, root = site
+    copy = root / "models" / "older_export"
+    shutil.copytree(bundle_folder(site, "lc25000"), copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta["onnx"]["reference"]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{url}/web/?model=../models/older_export/")
+        page.wait_for_function("document.body.dataset.state === 'failed'", timeout=60_000)
+        assert "wrong-input check has no form for the page: export it again (python -m training.export BUNDLE)" \
+            in page.inner_text("#status")
+    finally:
+        context.close()
+
+
 def test_the_resize_is_opencvs_to_the_bit(tmp_path):
     """web/app.js's resize against lungclf.preprocess.resize (cv2) on noise, for every path:
     area by whole and by fractional factors, linear enlarging, and one side each way."""

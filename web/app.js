@@ -437,6 +437,9 @@ async function loadBundle(base, ort) {
   if (!onnx) throw new BundleError("metadata.json has no onnx block: export the bundle first (python -m training.export BUNDLE).");
   if (onnx.source_sha256 !== meta.model.sha256) throw new BundleError("model.onnx was not exported from this bundle's model.keras.");
   const ref = onnx.reference;
+  if (meta.wrong_input && !ref) { // the app would check; answering without the check is no answer of the app's
+    throw new BundleError("this bundle's wrong-input check has no form for the page: export it again (python -m training.export BUNDLE).");
+  }
   const examples = (meta.examples || []).map((e) => ({ ...e, blob: get(e.file, "blob") }));
   const [model, refHeader] = await Promise.all([get(onnx.file), ref ? get(ref.file) : null]);
   if (await sha256(model) !== onnx.sha256) throw new BundleError(`sha256 of ${onnx.file} does not match metadata.json; refusing to load it.`);
