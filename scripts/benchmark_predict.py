@@ -8,8 +8,10 @@ The images are copies of ../shared/data/lc25000 (--copies times each file) in a 
 folder that is deleted afterwards: never commit them. Measured, --repeats times, alternating
 so that other work on a shared machine weighs on both alike (the median is reported):
 
-    forward   the bundle's traced forward pass (Classifier.forward) over the images already
-              decoded into memory, in batches of 32: what the model alone allows on these cores
+    forward   the bundle's network on the engine predict serves it with (Classifier.run:
+              ONNX Runtime for a bundle with a checked model.onnx, else the traced Keras
+              pass) over the images already decoded into memory, in batches of 32: what the
+              model alone allows on these cores
     predict   lungclf.predict.predict over the folder, in this process (the bundle loaded
               once beforehand, as the command loads it before its clock starts): decoding,
               the forward pass, calibration, the wrong-input check and the parts on disk
@@ -69,11 +71,12 @@ def cpu_seconds():
 
 
 def forward_rate(clf, x, batch_size=32):
-    """(images per second, CPU ms per image) of the traced forward pass alone over x
-    (N, S, S, 3) float32."""
+    """(images per second, CPU ms per image) of the network alone over x (N, S, S, 3)
+    float32, on the engine predict uses (Classifier.run: ONNX Runtime for a bundle with a
+    checked model.onnx, else the traced Keras pass)."""
     start, cpu = time.perf_counter(), cpu_seconds()
     for i in range(0, len(x), batch_size):
-        clf.forward(x[i:i + batch_size])[0].numpy()
+        clf.run(x[i:i + batch_size], maps=False)
     return len(x) / (time.perf_counter() - start), 1000 * (cpu_seconds() - cpu) / len(x)
 
 
@@ -95,6 +98,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, help="also measure a local Dask cluster of N workers")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "keras"],
+                   help="the Classifier's engine for both (default auto: ONNX Runtime when the bundle has model.onnx)")
     p.add_argument("--quick", action="store_true", help="96 made-up tiles, one run: a smoke test")
     args = p.parse_args()
     if args.quick:
@@ -107,7 +112,7 @@ def main():
     from lungclf.predict import cores, find_images
 
     load_before = os.getloadavg()
-    clf = Classifier(load(args.bundle))
+    clf = Classifier(load(args.bundle), engine=args.engine)
     with tempfile.TemporaryDirectory(prefix="benchmark-predict-") as tmp:
         folder = os.path.join(tmp, "images")
         n = made_up_images(folder) if args.quick else copy_images(args.data, folder, args.copies)
@@ -129,7 +134,7 @@ def main():
         dask = predict_rate(args.bundle, folder, out, workers=args.workers)[0] if args.workers else None
     load_after = os.getloadavg()
     ratios = [b / a for a, b in zip(forward, local)]
-    result = {"images": n, "cores": cores(), "repeats": args.repeats,
+    result = {"images": n, "cores": cores(), "repeats": args.repeats, "engine": clf.engine,
               "forward_images_per_s": round(statistics.median(forward), 1),
               "predict_images_per_s": round(statistics.median(local), 1),
               "predict_over_forward": round(statistics.median(ratios), 3),
@@ -140,7 +145,7 @@ def main():
               "dask_workers": args.workers, "dask_images_per_s": round(dask, 1) if dask else None,
               "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in load_after],
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python"] + sys.argv)}
-    print(f"{n:,} images, {result['cores']} cores, load average {load_before[0]:.2f} before, "
+    print(f"{n:,} images, engine {clf.engine}, {result['cores']} cores, load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after (1 min)")
     print(f"forward pass alone   {result['forward_images_per_s']:8.1f} images/s  {result['forward_runs']}")
     print(f"lungclf.predict      {result['predict_images_per_s']:8.1f} images/s  {result['predict_runs']}")

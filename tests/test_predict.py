@@ -269,6 +269,7 @@ def test_the_benchmark_measures_predict_against_the_forward_pass(tmp_path):
     figures = json.load(open(tmp_path / "b.json"))
     assert figures["images"] == 96 and figures["forward_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
     assert figures["predict_over_forward"] > 0 and len(figures["load_before"]) == 3
+    assert figures["engine"] in ("onnx", "keras")  # the forward pass timed on predict's own engine
 
 
 @pytest.mark.slow
