@@ -352,6 +352,20 @@ def _voters(store, lo, hi):
     return np.ascontiguousarray(base, np.float32), owner
 
 
+def _files(paths):
+    """Empty files at these paths -> the paths. Written by _append, which opens and closes a
+    file for each write, so any number of them can be filled without running out of handles."""
+    paths = list(paths)
+    for path in paths:
+        open(path, "wb").close()
+    return paths
+
+
+def _append(path, array):
+    with open(path, "ab") as f:
+        f.write(np.ascontiguousarray(array).tobytes())
+
+
 def _vote_top_k(store, k, shard=SHARD, work=None):
     """For each image, the k images that its keypoints most often find as nearest neighbours
     (RootSIFT, as is and mirrored, in FLANN kd-trees; VOTE_KEYPOINTS per image, VOTE_NEIGHBOURS
@@ -372,7 +386,7 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
     tmp = tempfile.TemporaryDirectory(prefix="votes-", dir=work)
     folder = tmp.name
     rows_per_file = max(1, shard)
-    outs = [open(os.path.join(folder, f"votes-{b}.bin"), "wb") for b in range(-(-n // rows_per_file))]
+    outs = _files(os.path.join(folder, f"votes-{b}.bin") for b in range(-(-n // rows_per_file)))
 
     def vote(src, dst):  # every pair both ways, filed by its first image
         keep = (src != dst) & (dst >= 0)
@@ -383,7 +397,7 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
         codes, files = codes[order], files[order]
         names, firsts = np.unique(files, return_index=True)
         for f, part in zip(names, np.split(codes, firsts[1:])):
-            outs[f].write(part.astype(np.int64).tobytes())
+            _append(outs[f], part.astype(np.int64))
 
     if total <= shard * VOTE_KEYPOINTS:
         parts = [_voters(store, lo, hi) for lo, hi in blocks]  # a block's descriptors read at a time
@@ -405,8 +419,6 @@ def _vote_top_k(store, k, shard=SHARD, work=None):
         del index
     else:
         _vote_lists(store, per_image, starts, blocks, shard * VOTE_KEYPOINTS // 2, folder, vote)
-    for f in outs:
-        f.close()
     pairs_out = []
     for b in range(len(outs)):
         codes = np.fromfile(os.path.join(folder, f"votes-{b}.bin"), np.int64)
@@ -441,14 +453,14 @@ def _vote_lists(store, per_image, starts, blocks, list_size, folder, vote):
     kmeans.train(train)
     del train, sample
     path = lambda kind, i: os.path.join(folder, f"{kind}-{i}.bin")  # noqa: E731
-    files = {(kind, i): open(path(kind, i), "wb") for kind in ("base", "owner", "query", "id")
-             for i in range(n_lists)}
+    files = dict(zip(((kind, i) for kind in ("base", "owner", "query", "id") for i in range(n_lists)),
+                     _files(path(kind, i) for kind in ("base", "owner", "query", "id") for i in range(n_lists))))
 
     def file(kind, lists, rows):  # rows into the files of their lists
         order = np.argsort(lists, kind="stable")
         names, firsts = np.unique(lists[order], return_index=True)
         for i, part in zip(names, np.split(np.ascontiguousarray(rows[order]), firsts[1:])):
-            files[kind, int(i)].write(part.tobytes())
+            _append(files[kind, int(i)], part)
 
     for lo, hi in blocks:
         desc, owner = _voters(store, lo, hi)
@@ -462,10 +474,8 @@ def _vote_lists(store, per_image, starts, blocks, list_size, folder, vote):
             for p in range(VOTE_PROBES):
                 file("query", lists[:, p], q)
                 file("id", lists[:, p], ids + m * total)  # which keypoint asks, and mirrored or not
-    for f in files.values():
-        f.close()
     bucket = max(1, list_size)  # keypoints (as is or mirrored) per answer file
-    answers = [open(os.path.join(folder, f"answers-{b}.bin"), "wb") for b in range(-(-2 * total // bucket))]
+    answers = _files(os.path.join(folder, f"answers-{b}.bin") for b in range(-(-2 * total // bucket)))
     answer = np.dtype([("id", np.int64), ("dist", np.float32), ("owner", np.int64)])
     for i in range(n_lists):
         owner = np.fromfile(path("owner", i), np.int64)
@@ -492,12 +502,10 @@ def _vote_lists(store, per_image, starts, blocks, list_size, folder, vote):
                     out = out[order]
                     names, firsts = np.unique(out["id"] // bucket, return_index=True)
                     for b, part in zip(names, np.split(out, firsts[1:])):
-                        answers[int(b)].write(part.tobytes())
+                        _append(answers[int(b)], part)
             index = None
         for rows in (base, queries, ids):
             rows.close()
-    for f in answers:
-        f.close()
     for b in range(len(answers)):
         out = np.fromfile(os.path.join(folder, f"answers-{b}.bin"), answer)
         out = out[np.lexsort((out["dist"], out["id"]))]  # by keypoint, nearest first
