@@ -24,6 +24,12 @@ numpy would need many tables for the same recall on 4,096-dimensional histograms
 The layout is compared under 8 views: x . view(y) = view^-1(x) . y, so the index holds one
 vector per image and each image asks with its 8 views, keeping its best k over them.
 
+In flat memory: top_k builds one index per `shard` rows (SHARD = 2,048 by default), every
+row asks each, BLOCK rows at a time, and keeps its best k so far; rows may come from disk
+(anything with len() and slicing, e.g. training.stream.Rows). Up to one shard this is the
+single index above; beyond, each shard is asked by every row, so time grows as n^2 / shard
+with a small constant (the audit's colour search: 12 shards at 23,648 images).
+
     python -m training.neighbours DATA_DIR [--method hnsw|exact]   # candidate pairs, timing
 """
 
