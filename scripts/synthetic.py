@@ -182,7 +182,7 @@ def write_bundle(folder, model, template, name, architecture="custom", **changes
 
     os.makedirs(folder, exist_ok=True)
     meta = migrate(json.load(open(os.path.join(template, "metadata.json"))))  # as the current schema
-    for key in ("wrong_input", "examples", "measured", "recipe", "baseline", "cross_validation", "series"):
+    for key in ("wrong_input", "examples", "measured", "recipe", "baseline", "cross_validation", "series", "onnx"):
         # the template network's, not this model's
         meta.pop(key, None)
     path = os.path.join(folder, "model.keras")
