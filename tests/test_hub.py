@@ -47,13 +47,18 @@ def push(bundle, repo_id, *options, env):
 
 
 def rehash(bundle, **meta_changes):
-    """Record model.keras's sha256 (and any metadata changes) in metadata.json, as training does."""
+    """Record model.keras's sha256 (and any metadata changes) in metadata.json, as training does;
+    the ONNX export of the model it replaced goes (the app then serves model.keras)."""
     from lungclf.bundle import sha256, write_json
 
     path = os.path.join(bundle, "metadata.json")
     meta = json.load(open(path))
     meta.update(meta_changes)
     meta["model"]["sha256"] = sha256(os.path.join(bundle, "model.keras"))
+    if meta.pop("onnx", None):
+        for name in ("model.onnx", "wrong_input.json", "wrong_input.bin"):
+            if os.path.exists(os.path.join(bundle, name)):
+                os.remove(os.path.join(bundle, name))
     write_json(path, meta)
 
 
@@ -263,9 +268,10 @@ def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published
     assert {"model.keras", "classes.json", "metadata.json", "README.md"} <= files
     assert "wrong_input.npz" in files  # the wrong-input check travels with the model
     assert "recipe.json" in files  # and the recipe that made it
+    assert {"model.onnx", "wrong_input.json", "wrong_input.bin"} <= files  # the export, for the app and the page
     assert {f for f in files if not f.startswith("examples/")} <= {
         ".gitattributes", "model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz",
-        "recipe.json",
+        "recipe.json", "model.onnx", "wrong_input.json", "wrong_input.bin",
         "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"}
     card = ModelCard.load(api.hf_hub_download("lab/tiny", "README.md", revision="v1"))
     assert 'snapshot_download("lab/tiny", revision="v1")' in card.text
