@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lungclf import heatmap, wrong_input
+from lungclf.schema import ONNX_OUTPUTS
 from lungclf.preprocess import load_image, read_rgb, resize
 
 # Test-time augmentation views of a batch (N, H, W, C) of square images.
@@ -121,7 +122,6 @@ def explain_fn(model):
 
 
 ENGINES = ("auto", "onnx", "keras")
-ONNX_OUTPUTS = ("logits", "features", "maps")
 
 
 class EngineError(RuntimeError):

@@ -41,6 +41,7 @@ RESIZE = "squash-area-down-linear-up"
 # The model scales its 0..255 input itself (a Rescaling layer, or a backbone's own
 # preprocessing), so the app feeds 0..255 and no client needs to know the scaling.
 SCALING = "in-model"
+ONNX_OUTPUTS = ("logits", "features", "maps")  # model.onnx's outputs, in this order (training/export.py)
 VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose", "transverse")
 
 
@@ -197,8 +198,7 @@ class OnnxFile:
     relative_difference: dict[str, float]  # per output: largest difference from Keras over its scale
     tolerance: dict[str, float]  # per output: the largest relative difference the export allowed
     file: Literal["model.onnx"] = "model.onnx"
-    outputs: list[Literal["logits", "features", "maps"]] = field(
-        default_factory=lambda: ["logits", "features", "maps"])
+    outputs: list[Literal[ONNX_OUTPUTS]] = field(default_factory=lambda: list(ONNX_OUTPUTS))
     reference: PageReference | None = None  # the page's wrong-input reference; exports before it have none
 
 
@@ -356,8 +356,7 @@ def parse_metadata(meta):
         _require(o.source_sha256 == m.model.sha256, "onnx.source_sha256",
                  f"model.sha256 ({m.model.sha256[:12]}...: exported from this bundle's model.keras)",
                  o.source_sha256)
-        _require(sorted(o.outputs) == ["features", "logits", "maps"], "onnx.outputs",
-                 "['logits', 'features', 'maps']", o.outputs)
+        _require(sorted(o.outputs) == sorted(ONNX_OUTPUTS), "onnx.outputs", list(ONNX_OUTPUTS), o.outputs)
         over = [k for k, v in o.relative_difference.items() if not v <= o.tolerance.get(k, 0.0)]
         _require(not over, "onnx.relative_difference", "differences within onnx.tolerance",
                  {k: o.relative_difference[k] for k in over})

@@ -59,11 +59,11 @@ import warnings
 
 import numpy as np
 
+from lungclf.schema import ONNX_OUTPUTS as OUTPUTS  # the contract names them once
 from training.errors import ExportError, TrainingError, cli_errors
 
 OPSET = 17  # onnxruntime-web runs it on WebAssembly and WebGPU; the graph needs nothing newer
 FILE = "model.onnx"
-OUTPUTS = ("logits", "features", "maps")
 # The largest difference allowed between ONNX Runtime and Keras (explain_fn), per output, on
 # images 0..255, each divided by a scale (see `compare`):
 #   logits    divided by the smallest temperature the page divides them by, so this is the
@@ -530,7 +530,8 @@ def export_reference(bundle, onnx_path, x, folder):
 
 def record(folder, result):
     """Write export()'s result into folder/metadata.json as its `onnx` block (lungclf.schema.OnnxFile),
-    which makes the app serve model.onnx and the bundle's verify check its sha256."""
+    which makes the app serve model.onnx and the bundle's verify check its sha256; returns the
+    metadata written."""
     from lungclf.bundle import BundleError, verify, write_json
 
     path = os.path.join(folder, "metadata.json")
@@ -542,6 +543,7 @@ def record(folder, result):
         verify(folder)
     except BundleError as e:
         raise ExportError(f"{folder}: metadata.json refused after recording the export: {e}") from None
+    return meta
 
 
 def main(argv=None):

@@ -382,21 +382,18 @@ def export_onnx(out, meta):
     returns the bundle's metadata. A bundle whose export fails (the ONNX packages missing, or
     ONNX Runtime differing from Keras beyond the tolerance) is kept without it, saying why: the
     app serves such a bundle with TensorFlow, the same answers, slower."""
-    import json
-
     from training import export
 
     try:
         result = export.export(out)
-        export.record(out, result)
+        meta = export.record(out, result)
     except ExportError as e:
         print(f"note: {out} has no model.onnx, the app serves it with TensorFlow: {e}")
         return meta
     worst = max(result["relative_difference"].values())
     print(f"exported {out}/{result['file']} ({result['bytes'] / 1e6:.1f} MB, opset {result['opset']}; "
           f"ONNX Runtime within {worst:.1e} of Keras, relative to each output's scale)")
-    with open(os.path.join(out, "metadata.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return meta
 
 
 def write_bundle(out, model, prepared, results, history, config, *, recipe, pre, command="", seconds=0.0,
