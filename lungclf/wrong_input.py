@@ -27,7 +27,7 @@ The reference is plain arrays in BUNDLE/wrong_input.npz, read with allow_pickle=
 and numbers in metadata.json's `wrong_input` block (lungclf.schema.WrongInput): file,
 sha256, feature dimension, threshold, quantile, colour range and the measured rates.
 Fitting (training/wrong_input.py) uses scikit-learn's Ledoit-Wolf shrinkage; serving is
-numpy only.
+NumPy and OpenCV (already the app's, for decoding) only.
 
     from lungclf.wrong_input import Reference
     ref = Reference.load("models/lc25000/wrong_input.npz", meta.wrong_input, 3, "histopathology")
@@ -39,6 +39,7 @@ import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
+import cv2
 import numpy as np
 
 FILE = "wrong_input.npz"
@@ -52,27 +53,38 @@ class ReferenceError(ValueError):
     """A wrong_input.npz that cannot be used; the message names the failed check."""
 
 
-def _channels(x):
-    x = np.asarray(x, np.float32)
-    return x[..., 0], x[..., 1], x[..., 2]
+def pixel_stats(x):
+    """Eight statistics per image of a batch (N, H, W, 3) 0..255 -> (N, 8) float64: mean and
+    standard deviation of R, G and B, colourfulness (colourfulness()), and mean edge strength
+    (absolute differences of neighbouring pixels' luminance (R + G + B) / 3, down plus across).
+
+    OpenCV's one-pass kernels, image by image, summing in float64: for the integer pixel
+    values of decoded images (uint8, or float32 holding them) every sum is exact. About a
+    third of the time of NumPy over the batch's strided channels (0.1 ms an image of 128 px)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.uint8, np.float32):
+        x = x.astype(np.float32)
+    n, h, w = x.shape[:3]
+    wide = cv2.CV_16U if x.dtype == np.uint8 else cv2.CV_32F  # R + G + B without overflow
+    out = np.empty((n, N_STATS))
+    for i, im in enumerate(x):
+        im = np.ascontiguousarray(im)
+        mean, std = cv2.meanStdDev(im)
+        r, g, b = cv2.split(im)
+        spread = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
+        grey3 = cv2.add(cv2.add(r, g, dtype=wide), b, dtype=wide)
+        down = cv2.sumElems(cv2.absdiff(grey3[1:], grey3[:-1]))[0] / ((h - 1) * w)
+        across = cv2.sumElems(cv2.absdiff(grey3[:, 1:], grey3[:, :-1]))[0] / (h * (w - 1))
+        out[i, :3], out[i, 3:6] = mean[:, 0], std[:, 0]
+        out[i, 6] = cv2.sumElems(spread)[0] / (h * w)
+        out[i, 7] = (down + across) / 3
+    return out
 
 
 def colourfulness(x):
     """Mean over pixels of max(R, G, B) - min(R, G, B) of a batch (N, H, W, 3), 0..255 -> (N,).
     0 for a grey image; H&E tiles are pink and purple, well above it."""
-    r, g, b = _channels(x)
-    return (np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)).mean(axis=(1, 2))
-
-
-def pixel_stats(x):
-    """Eight statistics per image of a batch (N, H, W, 3) 0..255 -> (N, 8): mean and standard
-    deviation of R, G and B, colourfulness, and mean edge strength (absolute differences of
-    neighbouring pixels' luminance)."""
-    r, g, b = _channels(x)
-    grey = (r + g + b) / 3
-    edges = np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))
-    return np.stack([c.mean(axis=(1, 2)) for c in (r, g, b)] + [c.std(axis=(1, 2)) for c in (r, g, b)]
-                    + [colourfulness(x), edges], axis=1).astype(np.float64)
+    return pixel_stats(x)[:, 6]
 
 
 def mahalanobis(v, mean, precision):

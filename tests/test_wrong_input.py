@@ -133,7 +133,10 @@ def test_flags_read_in_blocks_equal_the_references_own():
     ref, _ = fit(f, y, stats, 3)
     ref.threshold = float(np.median(ref.distances(f)))
     for got, expected in zip(flags(ref, stats, f), ref.flags_of(stats, f)):
-        np.testing.assert_array_equal(got, expected)
+        if got.dtype == bool:
+            np.testing.assert_array_equal(got, expected)
+        else:  # distances: BLAS may block a product of fewer rows differently (1 ulp)
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 # ---------------------------------------------------------------- with a trained bundle

@@ -282,7 +282,8 @@ export function calibrate(logits, temperature) {
 }
 
 /** lungclf.wrong_input.pixel_stats of one input x (S*S*3 float32, 0..255): means and standard
- * deviations of R, G, B, colourfulness, edge strength. */
+ * deviations of R, G, B, colourfulness, edge strength (of (R + G + B) / 3, summed as R + G + B:
+ * exact for integer pixels, as Python's). */
 export function pixelStats(x, size) {
   const n = size * size, mean = [0, 0, 0], sq = [0, 0, 0], grey = new Float32Array(n);
   let colour = 0;
@@ -290,7 +291,7 @@ export function pixelStats(x, size) {
     const r = x[3 * p], g = x[3 * p + 1], b = x[3 * p + 2];
     mean[0] += r; mean[1] += g; mean[2] += b;
     colour += Math.max(r, g, b) - Math.min(r, g, b);
-    grey[p] = f32(f32(f32(r + g) + b) / 3);
+    grey[p] = r + g + b;
   }
   for (let c = 0; c < 3; c++) mean[c] /= n;
   for (let p = 0; p < n; p++) for (let c = 0; c < 3; c++) sq[c] += (x[3 * p + c] - mean[c]) ** 2;
@@ -302,7 +303,7 @@ export function pixelStats(x, size) {
       if (xx + 1 < size) across += Math.abs(grey[y * size + xx + 1] - v);
     }
   }
-  const edges = down / ((size - 1) * size) + across / (size * (size - 1));
+  const edges = (down / ((size - 1) * size) + across / (size * (size - 1))) / 3;
   return [...mean, ...sq.map((v) => Math.sqrt(v / n)), colour / n, edges];
 }
 
