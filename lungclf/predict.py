@@ -229,7 +229,7 @@ class Parts:
     def _write(path, obj):
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
+            f.write(json.dumps(obj))  # the C encoder: json.dump streams through the Python one
         os.replace(tmp, path)
 
     def remove(self):
