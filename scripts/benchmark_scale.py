@@ -20,6 +20,10 @@ process, so its peak resident memory (ru_maxrss) is its own:
                a network of the committed models' feature width (--check-arch, default
                lite0: 1280 features) at --image-size, untrained (memory does not depend on
                the weights); split 80/10/10
+    train      the whole `python -m training.train --stream` command in one process, scan to
+               written bundle: audit, split, one epoch of the small network below, evaluation,
+               calibration, the wrong-input fit (--check-arch's features are not used here:
+               the small network's own), examples, card, figures and the ONNX export
     audit      training.audit.run: describe every image into a work folder on disk, candidate
                pairs from one nearest-neighbour index per 2,048 images (training/neighbours.py),
                SIFT checks, groups
@@ -153,6 +157,20 @@ def child(kind, data, processes, size, width, arch="lite0"):
         row |= {"images": len(prepared.paths), "seconds": time.time() - t0, "arch": config.arch,
                 "feature_dim": int(ref.feature_dim), "shrinkage": round(shrinkage, 4),
                 "test_flagged": rates["test"]["flagged"]}
+    elif kind == "train":
+        from training import train
+
+        out = tempfile.mkdtemp(prefix="lung-scale-bundle-")
+        try:
+            train.main(["--data", data, "--out", out, "--preset", "lc25000", "--arch", "compact",
+                        "--width", str(width), "--image-size", str(size), "--epochs", "1", "--stream",
+                        "--examples", "2", "--verbose", "0"])
+            with open(os.path.join(out, "metadata.json")) as f:
+                meta = json.load(f)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        row |= {"images": meta["data"]["images_used"], "seconds": time.time() - t0,
+                "wrong_input": meta.get("wrong_input") is not None, "onnx": meta.get("onnx") is not None}
     elif kind == "audit":
         from training import audit
 
@@ -179,7 +197,9 @@ def main(argv=None):
     p.add_argument("--data", default=DEFAULT_DATA, help="class-folder data set (default: LC25000 in shared/)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="multiples of the set (default 1 4 16)")
     p.add_argument("--what", nargs="+", default=["input", "fit", "check", "audit"],
-                   choices=["input", "fit", "check", "audit"])
+                   choices=["input", "fit", "check", "audit", "train"],
+                   help="what to measure (default: input fit check audit; train, the whole --stream "
+                        "command, is slow: ~40 min at 16x here)")
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2],
                    help="process counts for 'fit' (default 1 2)")
     p.add_argument("--image-size", type=int, default=64, help="network input side (default 64)")

@@ -61,6 +61,18 @@ def test_training_benchmark_times_the_training_command(tmp_path):
     assert len(row["epoch_s"]) == 2 and row["train_images"] > 0 and row["forward_ms"] > 0
 
 
+@pytest.mark.train
+def test_scale_benchmark_measures_a_whole_stream_training_run_to_a_checked_bundle(tmp_path):
+    """--what train: `training.train --stream` from scan to written bundle, at two sizes, each
+    bundle with its wrong-input check and its ONNX export (the run's peak memory is its own)."""
+    figures = run_script(["scripts/benchmark_scale.py", "--quick", "--what", "train"], tmp_path / "scale.json",
+                         timeout=600)
+    rows = figures["rows"]
+    assert [(r["kind"], r["factor"]) for r in rows] == [("train", 1), ("train", 2)]
+    assert rows[1]["images"] == 2 * rows[0]["images"]
+    assert all(r["wrong_input"] and r["onnx"] and r["peak_mb"] > 0 for r in rows)
+
+
 def test_soak_answers_good_images_refuses_bad_files_and_cleans_up_uploads(tiny_bundle, tmp_path):
     report = run_script(["scripts/soak.py", "--model", tiny_bundle["out"], "--requests", "40", "--warmup", "10",
                          "--upload-ttl", "2"], tmp_path / "soak.json")
