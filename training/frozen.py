@@ -137,11 +137,16 @@ def fit_head(feats, y, rows, C, seed=0):
     from sklearn.linear_model import LogisticRegression
 
     rows = np.asarray(rows)
-    f = feats[:, rows].reshape(-1, feats.shape[-1]).astype(np.float64)
+    n = len(rows)
+    f = np.empty((feats.shape[0] * n, feats.shape[-1]))  # float64, filled view by view: one copy
+    for v in range(feats.shape[0]):
+        f[v * n:(v + 1) * n] = feats[v, rows]
     t = np.tile(np.asarray(y)[rows], feats.shape[0])
     mu, sd = f.mean(axis=0), f.std(axis=0) + 1e-6
+    f -= mu  # standardised in place (the same arithmetic as (f - mu) / sd, without two more copies)
+    f /= sd
     lr = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=seed)
-    lr.fit((f - mu) / sd, t)
+    lr.fit(f, t)
     coef, intercept = lr.coef_, lr.intercept_
     if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row; make it a softmax pair
         coef = np.concatenate([-coef / 2, coef / 2])
