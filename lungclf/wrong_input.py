@@ -60,7 +60,8 @@ def pixel_stats(x):
 
     OpenCV's one-pass kernels, image by image, summing in float64: for the integer pixel
     values of decoded images (uint8, or float32 holding them) every sum is exact. About a
-    third of the time of NumPy over the batch's strided channels (0.1 ms an image of 128 px)."""
+    quarter of the time of NumPy over the batch's strided channels (0.12 ms an image of 128 px
+    against 0.50)."""
     x = np.asarray(x)
     if x.dtype not in (np.uint8, np.float32):
         x = x.astype(np.float32)
