@@ -23,7 +23,9 @@ process, so its peak resident memory (ru_maxrss) is its own:
     train      the whole `python -m training.train --stream` command in one process, scan to
                written bundle: audit, split, one epoch of the small network below, evaluation,
                calibration, the wrong-input fit (--check-arch's features are not used here:
-               the small network's own), examples, card, figures and the ONNX export
+               the small network's own), examples, card, figures and the ONNX export, and
+               the frozen-feature baseline printed beside the result, its features computed
+               afresh (an empty feature cache, as on a first run)
     audit      training.audit.run: describe every image into a work folder on disk, candidate
                pairs from one nearest-neighbour index per 2,048 images (training/neighbours.py),
                SIFT checks, groups
@@ -161,6 +163,7 @@ def child(kind, data, processes, size, width, arch="lite0"):
         from training import train
 
         out = tempfile.mkdtemp(prefix="lung-scale-bundle-")
+        cache = os.environ["LUNGCLF_CACHE"] = tempfile.mkdtemp(prefix="lung-scale-features-")  # a first run's
         try:
             train.main(["--data", data, "--out", out, "--preset", "lc25000", "--arch", "compact",
                         "--width", str(width), "--image-size", str(size), "--epochs", "1", "--stream",
@@ -169,8 +172,10 @@ def child(kind, data, processes, size, width, arch="lite0"):
                 meta = json.load(f)
         finally:
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
         row |= {"images": meta["data"]["images_used"], "seconds": time.time() - t0,
-                "wrong_input": meta.get("wrong_input") is not None, "onnx": meta.get("onnx") is not None}
+                "wrong_input": meta.get("wrong_input") is not None, "onnx": meta.get("onnx") is not None,
+                "baseline_fit_images": (meta.get("baseline") or {}).get("fit_images")}
     elif kind == "audit":
         from training import audit
 

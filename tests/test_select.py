@@ -43,6 +43,19 @@ def test_the_folded_head_gives_the_logistic_regressions_logits():
     np.testing.assert_allclose(f @ W + b, ref.decision_function(f), rtol=1e-3, atol=1e-3)
 
 
+def test_cached_features_are_read_back_row_by_row_as_saved(tmp_path):
+    """read_rows (the baseline's reader, which keeps memory flat) gives exactly the rows of
+    the saved array, whichever blocks they fall in, and nothing for no rows."""
+    from training.frozen import read_rows
+
+    a = np.random.default_rng(3).normal(size=(1000, 7)).astype(np.float32)
+    np.save(tmp_path / "f.npy", a)
+    rows = np.sort(np.random.default_rng(4).choice(1000, 137, replace=False))
+    np.testing.assert_array_equal(read_rows(tmp_path / "f.npy", rows, chunk=64), a[rows])
+    np.testing.assert_array_equal(read_rows(tmp_path / "f.npy", [0, 63, 64, 999], chunk=64), a[[0, 63, 64, 999]])
+    assert read_rows(tmp_path / "f.npy", np.array([], int)).shape == (0, 7)
+
+
 def test_the_threshold_comes_from_out_of_fold_distances_not_in_sample_ones():
     """In-sample distances are small (the reference saw those images); new groups lie
     further out. Set from out-of-fold distances, the limit flags about 5% of new images;

@@ -116,8 +116,11 @@ def _baseline_text(meta):
     b = meta.get("baseline")
     if not b or (meta.get("cross_validation") or {}).get("estimate"):
         return ""
+    sample = (f" It was fitted on a seeded sample of {b['fit_images']:,} of the {b['train_val_images']:,} "
+              "training and validation images, which keeps its memory flat."
+              if b.get("fit_images", 0) < b.get("train_val_images", 0) else "")
     return (f"Frozen-feature baseline on the same test split ({b['backbone']}, {b['head']}): macro-F1 "
-            f"{b['macro_f1']:.4f}, accuracy {b['accuracy']:.4f}.")
+            f"{b['macro_f1']:.4f}, accuracy {b['accuracy']:.4f}.{sample}")
 
 
 def _tta_text(meta):

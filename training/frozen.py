@@ -3,6 +3,7 @@ regression on them, scored by group k-fold. Both training (recipes with method =
 and the selection (training/select.py) use it, and every training prints its baseline.
 
     feats, stats = features(spec, data_dir, paths, views)   # cached on disk, streamed in batches
+    files, _ = feature_files(spec, data_dir, paths, views)  # the same, left on disk (read_rows)
     scores = cross_validate(feats, y, groups, folds=5, seeds=2, C=0.1)
     W, b = fit_head(feats, y, rows, C)                        # folded into the Keras Dense layer
 
@@ -81,9 +82,11 @@ def feature_model(spec, n_classes=2):
     return keras.Model(model.inputs[0], model.layers[-1].input), model
 
 
-def features(spec, data_dir, paths, views=("identity",), data_key="", batch_size=32, log=print):
-    """(features (V, N, D) float32 for each view, pixel statistics (N, 8)) of the images
-    data_dir/paths, from the cache where present. Unreadable files raise DataError."""
+def feature_files(spec, data_dir, paths, views=("identity",), data_key="", batch_size=32, log=print):
+    """({view: path of its cached (N, D) float32 .npy}, path of the pixel statistics (N, 8))
+    of the images data_dir/paths, computing what the cache lacks. Each batch's features are
+    appended to their file as they come, so memory holds one batch, never the whole array.
+    Unreadable files raise DataError."""
     from lungclf.inference import VIEWS
     from lungclf.preprocess import ImageError, load_image
     from lungclf.wrong_input import pixel_stats
@@ -97,28 +100,68 @@ def features(spec, data_dir, paths, views=("identity",), data_key="", batch_size
     if todo or not os.path.exists(stats_file):
         net, _ = feature_model(spec)
         forward = _traced(net, spec.image_size)
-        out = {v: [] for v in todo}
+        out = {v: open(files[v] + ".part", "wb") for v in todo}
         stats = []
         t0 = time.time()
-        for i in range(0, len(paths), batch_size):
-            batch = []
-            for p in paths[i:i + batch_size]:
-                try:
-                    batch.append(load_image(os.path.join(data_dir, p), spec.image_size))
-                except ImageError as e:
-                    raise DataError(f"{p}: {e}") from None
-            x = np.stack(batch).astype(np.float32)
-            stats.append(pixel_stats(x))
+        try:  # each view's file is written as .part and renamed once whole
+            for i in range(0, len(paths), batch_size):
+                batch = []
+                for p in paths[i:i + batch_size]:
+                    try:
+                        batch.append(load_image(os.path.join(data_dir, p), spec.image_size))
+                    except ImageError as e:
+                        raise DataError(f"{p}: {e}") from None
+                x = np.stack(batch).astype(np.float32)
+                stats.append(pixel_stats(x))
+                for v in todo:
+                    f = np.asarray(forward(np.ascontiguousarray(VIEWS[v](x))), "<f4")
+                    if i == 0:  # the .npy header, once the width is known
+                        np.lib.format.write_array_header_1_0(out[v], {
+                            "descr": "<f4", "fortran_order": False, "shape": (len(paths), f.shape[1])})
+                    out[v].write(f.tobytes())
+                done = min(i + batch_size, len(paths))
+                if log and (done == len(paths) or (i // batch_size) % 10 == 9):
+                    log(f"  features {spec.text()}, views {','.join(todo) or '-'}: {done}/{len(paths)} images "
+                        f"({time.time() - t0:.0f} s)")
+        except BaseException:
             for v in todo:
-                out[v].append(np.asarray(forward(np.ascontiguousarray(VIEWS[v](x)))))
-            done = min(i + batch_size, len(paths))
-            if log and (done == len(paths) or (i // batch_size) % 10 == 9):
-                log(f"  features {spec.text()}, views {','.join(todo) or '-'}: {done}/{len(paths)} images "
-                    f"({time.time() - t0:.0f} s)")
+                out[v].close()
+                os.remove(files[v] + ".part")
+            raise
+        for f in out.values():
+            f.close()
         for v in todo:
-            np.save(files[v], np.concatenate(out[v]).astype(np.float32))
+            os.replace(files[v] + ".part", files[v])
         np.save(stats_file, np.concatenate(stats))
+    return files, stats_file
+
+
+def features(spec, data_dir, paths, views=("identity",), data_key="", batch_size=32, log=print):
+    """(features (V, N, D) float32 for each view, pixel statistics (N, 8)) of the images
+    data_dir/paths, in memory, from the cache where present (feature_files)."""
+    files, stats_file = feature_files(spec, data_dir, paths, views, data_key, batch_size, log)
     return np.stack([np.load(files[v]) for v in views]), np.load(stats_file)
+
+
+def read_rows(path, rows, chunk=4096):
+    """Rows `rows` (sorted indices) of a cached (N, D) .npy, read from the file `chunk` rows at
+    a time: memory for the rows asked for and one chunk, not the whole file (a memory map would keep
+    every page it touched resident)."""
+    rows = np.asarray(rows)
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)(f)
+        start, width = f.tell(), shape[1] * dtype.itemsize
+        out = np.empty((len(rows), shape[1]), dtype)
+        for lo in range(0, shape[0], chunk):  # the file block by block; blocks without a row skipped
+            a, b = np.searchsorted(rows, [lo, lo + chunk])
+            if a == b:
+                continue
+            f.seek(start + lo * width)
+            block = np.fromfile(f, dtype, min(chunk, shape[0] - lo) * shape[1]).reshape(-1, shape[1])
+            out[a:b] = block[rows[a:b] - lo]
+    return out
 
 
 def _traced(net, size):
