@@ -100,6 +100,60 @@ def test_rgb_is_copied_once_with_the_same_bytes_as_pillows_transpose_and_convert
             assert got.tobytes() == expected.tobytes(), name
 
 
+def test_plain_jpegs_decode_to_pillows_pixels_at_every_dct_scale(tmp_path):
+    """read_rgb decodes whole, unturned RGB and grey JPEGs with OpenCV: the bytes equal
+    Pillow's decode (to_rgb) at full size and at the 1/2, 1/4 and 1/8 scales its draft picks,
+    baseline and progressive; EXIF-turned and CMYK ones keep Pillow's path."""
+    from lungclf.preprocess import _plain_jpeg, open_image, to_rgb
+
+    rng = np.random.default_rng(5)
+    a = np.clip(np.kron(rng.integers(0, 256, (30, 40, 3)), np.ones((20, 20, 1))) + rng.normal(0, 20, (600, 800, 3)),
+                0, 255).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "rgb.jpg", quality=90)
+    Image.fromarray(a).save(tmp_path / "progressive.jpg", quality=80, progressive=True)
+    Image.fromarray(a[:, :, 1]).save(tmp_path / "grey.jpg", quality=90)
+    for name in ("rgb.jpg", "progressive.jpg", "grey.jpg"):
+        for size in (None, 299, 150, 70, 32):  # full size, 1/2, 1/4, 1/8, 1/8
+            path = str(tmp_path / name)
+            fast = _plain_jpeg(open_image(path), path, size)
+            assert fast is not None, name
+            assert fast.tobytes() == to_rgb(open_image(path), size).tobytes(), (name, size)
+            assert read_rgb(open(path, "rb").read(), size).tobytes() == fast.tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "turned.jpg", exif=exif)
+    Image.fromarray(a).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    for name in ("turned.jpg", "cmyk.jpg"):
+        assert _plain_jpeg(open_image(str(tmp_path / name)), str(tmp_path / name), 128) is None
+
+
+def test_a_truncated_jpeg_is_refused_as_damaged(tmp_path):
+    """OpenCV would fill the missing rows in grey; the file does not end in the JPEG end
+    marker, so Pillow's decoder reads it, and refuses it."""
+    Image.fromarray(picture()).save(tmp_path / "whole.jpg", quality=95)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        read_rgb(data[:len(data) * 2 // 3], SIZE)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")),
+                    reason="needs ../shared/data (the real images)")
+def test_the_shared_data_sets_jpegs_decode_as_pillow_decodes_them():
+    """Every 7th JPEG of the three data sets, at the committed models' input sizes: OpenCV's
+    pixels are Pillow's."""
+    import glob
+
+    from lungclf.preprocess import _plain_jpeg, open_image, to_rgb
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    paths = sorted(glob.glob(os.path.join(root, "**", "*.jp*g"), recursive=True))[::7]
+    assert paths
+    for path in paths:
+        for size in (128, 224):
+            fast = _plain_jpeg(open_image(path), path, size)
+            assert fast is not None and fast.tobytes() == to_rgb(open_image(path), size).tobytes(), (path, size)
+
+
 @pytest.mark.parametrize("content, message", [(b"", "empty"), (b"hello, not an image", "not an image"),
                                               (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not an image")])
 def test_unreadable_input_raises_a_clear_image_error(content, message):
