@@ -262,15 +262,16 @@ class Classifier:
         """Image path or bytes -> Answer: calibrated probabilities, the wrong-input verdict
         and the heatmap of the top class, from one traced call; raises ImageError."""
         rgb = read_rgb(source, self.size)
-        x = resize(rgb, self.size).astype(np.float32)[None]
+        pixels = resize(rgb, self.size)[None]  # uint8: the check's statistics, exact and faster
+        x = pixels.astype(np.float32)
         batch = tta_views(x, self.views) if len(self.views) > 1 else x
         logits, feats, maps = self.run(batch)
         probs = calibrate(tta_mean(logits, len(self.views)), self.temperature)[0]
         top = int(probs.argmax())
         if self.reference is not None:
-            verdict = self.reference.check(x, feats[:1])[0]
+            verdict = self.reference.check(pixels, feats[:1])[0]
         else:
-            verdict = wrong_input.no_check(x)[0]
+            verdict = wrong_input.no_check(pixels)[0]
         return Answer(dict(zip(self.texts, probs.tolist())), verdict,
                       None if maps is None else maps[0, :, :, top], heatmap.for_display(rgb))
 
@@ -319,11 +320,13 @@ class Classifier:
                 yield from self._answers(*running.popleft())
 
     def _forward_many(self, decoded, heatmaps):
-        """The network on decoded images [(rgb, resized)]: (x, logits, features, maps or None)."""
-        x = np.stack([xi for _, xi in decoded]).astype(np.float32)  # as load_image's, batched
+        """The network on decoded images [(rgb, resized)]: (pixels (N, S, S, 3) uint8, logits,
+        features, maps or None); the check's statistics are exact, and faster, on the uint8."""
+        pixels = np.stack([xi for _, xi in decoded])
+        x = pixels.astype(np.float32)  # as load_image's, batched
         batch = tta_views(x, self.views) if len(self.views) > 1 else x
         logits, feats, maps = self.run(batch, maps=heatmaps)
-        return x, logits, feats, maps
+        return pixels, logits, feats, maps
 
     def _answers(self, decoded, forwarded):
         """Answers of one batch (decoded images or their exceptions) from its network future:
