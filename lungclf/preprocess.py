@@ -2,7 +2,8 @@
 
 Training (`training.data`) and the app (`app.py`, through lungclf.inference) both call
 `load_image`, so what the model sees at serving time is what it saw in training: same
-decoder, same EXIF rotation, same handling of alpha, grey, palette and 16-bit images,
+decoders (Pillow's, and OpenCV's for a whole, unturned RGB or grey JPEG: the same pixels in
+less than half the time), same EXIF rotation, same handling of alpha, grey, palette and 16-bit images,
 same resize (the bundle schema's preprocessing.resize = "squash-area-down-linear-up").
 DICOM files (.dcm, or the DICM marker) go through lungclf.dicom first: Hounsfield units,
 a lung window, 8-bit grey; from there the same resize.
