@@ -73,6 +73,12 @@ def test_scale_benchmark_measures_a_whole_stream_training_run_to_a_checked_bundl
     assert all(r["wrong_input"] and r["onnx"] and r["peak_mb"] > 0 for r in rows)
 
 
+def test_decode_benchmark_times_each_step_and_finds_opencvs_pixels_equal_to_pillows(tmp_path):
+    figures = run_script(["scripts/benchmark_decode.py", "--quick"], tmp_path / "decode.json")
+    assert set(figures["ms_per_image"]) == {"pillow", "read_rgb", "resize", "stats f32", "stats u8"}
+    assert all(v > 0 for v in figures["ms_per_image"].values()) and figures["pixels_differ"] == 0
+
+
 def test_soak_answers_good_images_refuses_bad_files_and_cleans_up_uploads(tiny_bundle, tmp_path):
     report = run_script(["scripts/soak.py", "--model", tiny_bundle["out"], "--requests", "40", "--warmup", "10",
                          "--upload-ttl", "2"], tmp_path / "soak.json")
