@@ -12,7 +12,10 @@ preprocessing path), up to its global average pool; each `view` (lungclf.inferen
 e.g. flip_lr) is the same image mirrored or turned. They are cached under
 $LUNGCLF_CACHE (default ~/.cache/lungclf/features), keyed by the image files' paths and
 the data fingerprint, the network and the view, so a second run or candidate reuses them.
-Images are decoded batch by batch: memory holds the features, never the images.
+Images are decoded batch by batch and each batch's features appended to their file, so
+computing them holds one batch; `features` then loads them whole (the selection and frozen
+recipes fit on every view), while the baseline beside a training run reads only the rows it
+needs (read_rows), so its memory does not grow with the data set.
 
 Interval: the 95% interval of macro-F1 is a percentile bootstrap over GROUPS of the pooled
 out-of-fold predictions (1000 resamples), so a scan's slices or a tile's copies are drawn
