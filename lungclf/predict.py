@@ -36,7 +36,8 @@ or options is refused rather than mixed.
 
 Cores: in one process, --threads threads decode (default one per two cores) two batches
 ahead of the traced forward pass, which runs in batches of --batch-size (32) on every core
-(TensorFlow's own threads) while the batch before is calibrated and checked.
+(ONNX Runtime's or TensorFlow's own threads) while the batch before is calibrated and
+checked, with NumPy's BLAS on one thread (OPENBLAS_NUM_THREADS, set to 1 unless given).
 
 Beyond one machine: Dask (dask.distributed), an optional dependency
 (requirements-scale.txt). --workers N starts a local cluster of N worker processes;
@@ -67,7 +68,13 @@ import sys
 import threading
 import time
 
-from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError
+# NumPy's BLAS threads (the check's whitened distance) default to one, as in app.py, before
+# NumPy loads: the forward pass keeps every core busy, and BLAS threads spinning beside it
+# take its time (IQ-OTH/NCCD here: 0.70 of the forward pass alone with two, 0.84 with one).
+# Dask's worker processes inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from lungclf.preprocess import IMAGE_EXTENSIONS, ImageError  # noqa: E402
 
 RECORD_KEY = "lungclf.predict"
 OPACITY = 0.5  # the app's default heatmap opacity (app.py OPACITY)

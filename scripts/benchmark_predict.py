@@ -39,6 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as python -m lungclf.predict sets it, before NumPy loads
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "lc25000")
 
 
