@@ -132,6 +132,31 @@ views = ["identity", "flip_lr"]
     assert winner.replace(notes="") == Recipe.from_dict(choose(rows)["recipe"]).replace(notes="")
 
 
+@pytest.mark.slow
+@pytest.mark.train
+def test_the_baseline_beside_a_training_is_fitted_on_a_bounded_sample(tmp_path, monkeypatch):
+    """baseline_on_split reads its features from the cache file and fits on at most max_fit
+    training images (seeded), recording how many; unbounded, it fits on all of them."""
+    import os
+    from types import SimpleNamespace
+
+    from training.steps import baseline_on_split
+
+    monkeypatch.setenv("LUNGCLF_CACHE", str(tmp_path / "cache"))
+    data = sides_dataset(str(tmp_path / "data"), per_class=10)
+    paths = [f"{c}/{i}.png" for c in ("red_left", "red_right") for i in range(10)]
+    split = np.array(["train", "train", "train", "val", "test"] * 4)
+    prepared = SimpleNamespace(data_dir=data, paths=paths, y=[0] * 10 + [1] * 10, split=split,
+                               report={"fingerprint": "sides"})
+    config = SimpleNamespace(colour_mode="rgb", seed=0)
+    every = baseline_on_split(prepared, config)
+    bounded = baseline_on_split(prepared, config, max_fit=6)
+    assert (every["fit_images"], every["train_val_images"]) == (16, 16)
+    assert (bounded["fit_images"], bounded["train_val_images"]) == (6, 16)
+    assert all(0 <= r["macro_f1"] <= 1 and r["backbone"].startswith("efficientnet-lite0") for r in (every, bounded))
+    assert len(os.listdir(tmp_path / "cache")) == 2  # one features file and its pixel statistics, computed once
+
+
 def test_a_candidate_wins_only_when_it_beats_the_baseline_by_more_than_the_interval():
     from training.select import BASELINE_LABEL, choose
 

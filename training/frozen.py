@@ -3,7 +3,7 @@ regression on them, scored by group k-fold. Both training (recipes with method =
 and the selection (training/select.py) use it, and every training prints its baseline.
 
     feats, stats = features(spec, data_dir, paths, views)   # cached on disk, streamed in batches
-    files, _ = feature_files(spec, data_dir, paths, views)  # the same, left on disk (read_rows)
+    files, _ = feature_files(spec, data_dir, paths, views)  # the same, left on disk (read_rows, row_blocks)
     scores = cross_validate(feats, y, groups, folds=5, seeds=2, C=0.1)
     W, b = fit_head(feats, y, rows, C)                        # folded into the Keras Dense layer
 
@@ -146,24 +146,40 @@ def features(spec, data_dir, paths, views=("identity",), data_key="", batch_size
     return np.stack([np.load(files[v]) for v in views]), np.load(stats_file)
 
 
-def read_rows(path, rows, chunk=4096):
-    """Rows `rows` (sorted indices) of a cached (N, D) .npy, read from the file `chunk` rows at
-    a time: memory for the rows asked for and one chunk, not the whole file (a memory map would keep
-    every page it touched resident)."""
+def row_blocks(path, rows, chunk=4096):
+    """The rows `rows` (sorted indices) of a cached (N, D) .npy, read from the file `chunk`
+    rows at a time, in order: yields (start, end, array) with array = the rows rows[start:end].
+    One pass over the file, blocks without a row skipped; memory for one block (a memory map
+    would keep every page it touched resident, and ru_maxrss counts them)."""
     rows = np.asarray(rows)
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)(f)
         start, width = f.tell(), shape[1] * dtype.itemsize
-        out = np.empty((len(rows), shape[1]), dtype)
-        for lo in range(0, shape[0], chunk):  # the file block by block; blocks without a row skipped
+        for lo in range(0, shape[0], chunk):
             a, b = np.searchsorted(rows, [lo, lo + chunk])
             if a == b:
                 continue
             f.seek(start + lo * width)
             block = np.fromfile(f, dtype, min(chunk, shape[0] - lo) * shape[1]).reshape(-1, shape[1])
-            out[a:b] = block[rows[a:b] - lo]
+            yield int(a), int(b), block[rows[a:b] - lo]
+
+
+def read_rows(path, rows, chunk=4096):
+    """The rows `rows` (sorted indices) of a cached (N, D) .npy as one array (row_blocks):
+    memory for the rows asked for and one block, not the whole file."""
+    out = None
+    for a, b, block in row_blocks(path, rows, chunk):
+        if out is None:
+            out = np.empty((len(rows), block.shape[1]), block.dtype)
+        out[a:b] = block
+    if out is None:  # no rows asked for: the file's width, from its header
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(f)
+        out = np.empty((0, shape[1]), dtype)
     return out
 
 

@@ -292,7 +292,7 @@ def baseline_on_split(prepared, config, max_fit=BASELINE_MAX_FIT):
     """The frozen-feature baseline on the same split: a logistic regression on ImageNet
     EfficientNet-Lite0's pooled features (training.frozen.BASELINE: whole network, 224 px, the
     recipe's colour mode), fitted on train and val, scored on test -> {"macro_f1", "accuracy",
-    "backbone", "fitted_on"}, or None when its weights are not installed.
+    "backbone", "fit_images", "train_val_images"}, or None when its weights are not installed.
 
     Memory stays flat in the number of images: the features are computed to a file and read
     back row by row, the fit uses at most `max_fit` training images (a seeded sample; the
@@ -315,8 +315,8 @@ def baseline_on_split(prepared, config, max_fit=BASELINE_MAX_FIT):
     W, b = frozen.fit_head(frozen.read_rows(files["identity"], fit_rows)[None], y[fit_rows],
                            np.arange(len(fit_rows)), frozen.BASELINE_C)
     test = np.flatnonzero(prepared.split == "test")
-    pred = np.concatenate([(frozen.read_rows(files["identity"], t) @ W + b).argmax(1)
-                           for t in np.array_split(test, max(1, len(test) // 4096))])
+    pred = np.concatenate([(block @ W + b).argmax(1) for _, _, block in frozen.row_blocks(files["identity"], test)]
+                          or [np.empty(0, int)])
     return {"backbone": spec.text(), "head": "logistic regression (C 0.1) on frozen pooled features",
             "macro_f1": round(float(f1_score(y[test], pred, average="macro", zero_division=0)), 4),
             "accuracy": round(float(accuracy_score(y[test], pred)), 4), "on": "the same held-out test split",
