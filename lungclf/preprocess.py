@@ -2,8 +2,8 @@
 
 Training (`training.data`) and the app (`app.py`, through lungclf.inference) both call
 `load_image`, so what the model sees at serving time is what it saw in training: same
-decoders (Pillow's, and OpenCV's for a whole, unturned RGB or grey JPEG: the same pixels in
-less than half the time), same EXIF rotation, same handling of alpha, grey, palette and 16-bit images,
+decoders (Pillow's, and OpenCV's for a whole, unturned RGB or grey JPEG: the same pixels,
+decoded in about 40% of Pillow's time), same EXIF rotation, same handling of alpha, grey, palette and 16-bit images,
 same resize (the bundle schema's preprocessing.resize = "squash-area-down-linear-up").
 DICOM files (.dcm, or the DICM marker) go through lungclf.dicom first: Hounsfield units,
 a lung window, 8-bit grey; from there the same resize.
@@ -149,8 +149,9 @@ REDUCED = {a: (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB for a, flag in
 def _plain_jpeg(im, source, size):
     """A whole, unturned RGB or grey JPEG (the common case) decoded by OpenCV's libjpeg-turbo,
     which gives the same pixels as Pillow's decoder at the same DCT scale (tests/
-    test_preprocess.py checks both on the shared data) in well under half its time; None for
-    anything else, which to_rgb decodes. Whole: the data ends with the EOI marker, since
+    test_preprocess.py checks both on the shared data) in about 40% of its time (0.25 against
+    0.6 ms a 224 px tile; scripts/benchmark_decode.py); None for anything else, which to_rgb
+    decodes. Whole: the data ends with the EOI marker, since
     OpenCV fills a truncated JPEG in grey where Pillow refuses it."""
     if im.format != "JPEG" or im.mode not in ("RGB", "L"):
         return None
