@@ -153,9 +153,7 @@ def row_blocks(path, rows, chunk=4096):
     would keep every page it touched resident, and ru_maxrss counts them)."""
     rows = np.asarray(rows)
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)(f)
+        shape, dtype = _npy_header(f)
         start, width = f.tell(), shape[1] * dtype.itemsize
         for lo in range(0, shape[0], chunk):
             a, b = np.searchsorted(rows, [lo, lo + chunk])
@@ -176,11 +174,17 @@ def read_rows(path, rows, chunk=4096):
         out[a:b] = block
     if out is None:  # no rows asked for: the file's width, from its header
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)(f)
+            shape, dtype = _npy_header(f)
         out = np.empty((0, shape[1]), dtype)
     return out
+
+
+def _npy_header(f):
+    """(shape, dtype) of the .npy file f, left at the start of its data."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return shape, dtype
 
 
 def _traced(net, size):
