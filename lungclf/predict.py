@@ -37,7 +37,8 @@ or options is refused rather than mixed.
 Cores: in one process, --threads threads decode (default one per two cores) two batches
 ahead of the traced forward pass, which runs in batches of --batch-size (32) on every core
 (ONNX Runtime's or TensorFlow's own threads) while the batch before is calibrated and
-checked, with NumPy's BLAS on one thread (OPENBLAS_NUM_THREADS, set to 1 unless given).
+checked, with NumPy's BLAS on one thread (OPENBLAS_NUM_THREADS, set to 1 unless given,
+when this module loads; a program that imported NumPy before it keeps its BLAS threads).
 
 Beyond one machine: Dask (dask.distributed), an optional dependency
 (requirements-scale.txt). --workers N starts a local cluster of N worker processes;
