@@ -83,7 +83,8 @@ class PthError(ValueError):
 
 _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
            "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-           "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+           "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+           "BFloat16Storage": np.uint16}  # bfloat16 read as its raw 16 bits (training.astra widens it)
 
 
 class _StorageType:
@@ -231,6 +232,10 @@ def wheel_file(name):
 
 def provenance(name):
     """What metadata.json records about a backbone's starting weights."""
+    if name == "astra-ct":
+        from training.astra import PROVENANCE
+
+        return dict(PROVENANCE)
     spec = BACKBONES[name]
     return {k: spec[k] for k in ("architecture", "package", "version", "license", "origin")} \
         | {"file": os.path.basename(spec["file"])}

@@ -138,7 +138,8 @@ def _pretrained_text(model):
     p = model.get("pretrained")
     if not p:
         return ""
-    return (f"{p['architecture']} ImageNet weights from the pip package `{p['package']}` {p['version']} "
+    trained_on = "chest CT" if "CT" in p["origin"] else "ImageNet"
+    return (f"{p['architecture']} {trained_on} weights from the pip package `{p['package']}` {p['version']} "
             f"(licence {p['license']}; {p['origin']}), converted to Keras at training time")
 
 

