@@ -46,6 +46,8 @@ def test_settings_that_cannot_work_together_are_refused():
         Recipe(data="d", method="frozen", folds=5).validate()
     with pytest.raises(RecipeError, match="train_blocks"):
         Recipe(data="d", train_blocks=2).validate()
+    with pytest.raises(RecipeError, match="arch 'astra' is for method 'frozen' only"):
+        Recipe(data="d", method="finetune", arch="astra", weights="astra-ct").validate()
     assert issubclass(RecipeError, TrainingError) and not issubclass(RecipeError, SystemExit)
 
 

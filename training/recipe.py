@@ -158,6 +158,8 @@ class Recipe:
         need(0 < self.wrong_input_quantile < 1, "wrong_input_quantile must be between 0 and 1")
         need(self.train_blocks is None or self.weights is not None,
              "train_blocks fine-tunes a pretrained backbone: set weights (e.g. efficientnet-lite0)")
+        need(self.method == "frozen" or self.arch != "astra",
+             "arch 'astra' is for method 'frozen' only (fine-tuning it is not supported)")
         if self.method == "frozen":
             need(self.weights is not None, "method 'frozen' needs pretrained weights (e.g. efficientnet-lite0)")
             need(self.folds >= 2, "method 'frozen' estimates by group k-fold: set folds (e.g. 5)")
