@@ -75,3 +75,29 @@ def test_fine_tuning_astra_is_refused_with_a_message():
 
     with pytest.raises(ModelError, match="fine-tuning the astra network is not supported: use method frozen"):
         finetune(build("astra", 32, 2, colour_mode="grey", blocks=1))
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_the_joined_network_pools_both_networks_features_side_by_side(state):
+    import keras
+
+    from training.model import build
+
+    def features(model):
+        return keras.Model(model.inputs[0], model.layers[-1].input)
+
+    x = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    joined = build("lite0+astra", 64, 2, colour_mode="grey", weights="efficientnet-lite0+astra-ct", blocks=4)
+    lite0 = build("lite0", 64, 2, colour_mode="grey", weights="efficientnet-lite0")
+    cut = build("astra", 64, 2, colour_mode="grey", weights="astra-ct", blocks=4)
+    both = np.concatenate([features(lite0).predict(x, verbose=0), features(cut).predict(x, verbose=0)], axis=1)
+    np.testing.assert_allclose(features(joined).predict(x, verbose=0), both, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.train
+def test_a_joined_network_whose_maps_do_not_line_up_is_refused():
+    from training.model import build
+
+    with pytest.raises(ModelError, match="not a multiple of it; use an input size divisible by 32"):
+        build("lite0+astra", 100, 2, colour_mode="grey", blocks=11)

@@ -236,6 +236,9 @@ def provenance(name):
         from training.astra import PROVENANCE
 
         return dict(PROVENANCE)
+    if name == "efficientnet-lite0+astra-ct":  # both networks' records, joined field by field
+        a, b = provenance("efficientnet-lite0"), provenance("astra-ct")
+        return {k: f"{a[k]}; {b[k]}" for k in a}
     spec = BACKBONES[name]
     return {k: spec[k] for k in ("architecture", "package", "version", "license", "origin")} \
         | {"file": os.path.basename(spec["file"])}

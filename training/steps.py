@@ -451,7 +451,9 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
     write_json(recipe_path, recipe.to_dict())
     kind = ("a logistic regression on the frozen pooled features of a" if recipe.method == "frozen"
             else "a fine-tuned" if config.weights else "a")
-    network = {"astra": "chest-CT ResNet-152 (Astra)"}.get(config.arch, f"{config.arch} CNN")
+    network = {"astra": "chest-CT ResNet-152 (Astra)",
+               "lite0+astra": "ImageNet EfficientNet-Lite0 joined to a chest-CT ResNet-152 (Astra)"}.get(
+        config.arch, f"{config.arch} CNN")
     if config.blocks:
         network += f" cut after block {config.blocks}"
     tta = {"views": pre["tta_views"]} | ({"temperature": results.tta_temperature}
