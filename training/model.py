@@ -148,8 +148,8 @@ def astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=None):
 def lite0_astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=11):
     """Whole EfficientNet-Lite0 and the cut Astra ResNet on the same image; Lite0's last map
     (1/32 of the input) is upsampled by nearest neighbour to the size of Astra's (1/8 after
-    blocks 4-11, 1/4 before, 1/16 and 1/32 after), so that one global average pooling gives both pooled feature sets side by
-    side (the pooling of a map repeated k x k times is the pooling of the map)."""
+    blocks 4-11; 1/4 before, 1/16 and 1/32 after), so that one global average pooling gives
+    both pooled feature sets side by side (pooling a map repeated k x k times is pooling it)."""
     from training.astra import resnet_ct
 
     inputs, x = _inputs(input_size, colour_mode)
