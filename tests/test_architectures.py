@@ -59,7 +59,7 @@ def test_every_network_loads_in_safe_mode_with_the_same_outputs(arch, tmp_path):
 
 
 def test_an_unknown_network_is_refused_with_the_choices():
-    with pytest.raises(ModelError, match="compact, resnet, mobilenet, lite0, lite2, anchor"):
+    with pytest.raises(ModelError, match="compact, resnet, mobilenet, lite0, lite2, astra, lite0\\+astra, anchor"):
         build("vgg", 32, 3)
 
 
