@@ -110,9 +110,37 @@ def test_a_worker_that_stops_answering_is_named_and_the_job_ends(tmp_path):
     os.kill(pid, signal.SIGSTOP)  # it stops answering, as a hung or swapped-out machine does
     out = "".join(lines) + run.communicate(timeout=300)[0]
     assert run.returncode != 0
-    assert "worker 1 stopped answering (no sign of life for 60 s), so every worker was ended" in out
+    assert ("worker 1 stopped answering (no sign of life for 60 s, or for 10 s while another worker failed), "
+            "so every worker was ended") in out
     assert subprocess.run(["pgrep", "-f", "--", f"--job {job}"], capture_output=True).returncode == 1  # none left
     assert not os.path.exists(tmp_path / "bundle")
+
+
+def test_a_worker_that_failed_while_a_peer_went_quiet_names_the_quiet_one(tmp_path):
+    import time
+
+    from training.distributed import PEER_QUIET, _wait, beat
+
+    crashed = subprocess.Popen([sys.executable, "-c", "import os; os.abort()"])  # as JAX ends a stopped worker's peer
+    quiet = subprocess.Popen(["sleep", "60"])
+    beats = [(str(tmp_path / f"step-{i}"), str(tmp_path / f"alive-{i}")) for i in range(2)]
+    beat(beats[0][1])
+    beat(beats[1][1])
+    past = time.time() - PEER_QUIET - 5
+    os.utime(beats[1][1], (past, past))  # worker 1's last sign of life, PEER_QUIET + 5 s ago
+    assert _wait([crashed, quiet], beats=beats) == (1, "silent")
+    assert quiet.poll() is not None  # ended
+
+
+def test_a_worker_that_failed_while_its_peers_answer_is_named_with_its_exit_code(tmp_path):
+    from training.distributed import _wait, beat
+
+    crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    alive = subprocess.Popen(["sleep", "60"])
+    beats = [(str(tmp_path / f"step-{i}"), str(tmp_path / f"alive-{i}")) for i in range(2)]
+    for _, path in beats:
+        beat(path)
+    assert _wait([crashed, alive], beats=beats) == (0, 3)
 
 
 def test_workers_alive_but_finishing_no_step_are_ended_after_the_bound(tmp_path):

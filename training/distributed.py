@@ -24,7 +24,9 @@ and writes the bundle, so the bundle is the same Keras 3 file the app serves.
 A worker that stops answering cannot hang the job. Each worker touches alive-<i> in the job
 folder every 2 s from a thread of its own, and step-<i> when it starts and after every
 training step. The parent ends every worker, naming the one at fault, when a worker shows
-no sign of life for 60 s (stopped, swapped out, or stuck holding Python's lock), or when a
+no sign of life for 60 s (stopped, swapped out, or stuck holding Python's lock; or for 10 s
+when another worker has failed meanwhile, as JAX's coordinator or a collective ends the
+peers of a stopped worker), or when a
 worker has finished no step for --worker-timeout seconds (default 600: a first step's
 compilation on a slow CPU fits well within it) although all are alive (waiting on each
 other). Across machines the parent sees only its own worker; another machine's hang shows
@@ -60,6 +62,7 @@ WEIGHTS = "final_weights.npz"  # model.get_weights() in order, written by worker
 HISTORY = "history.json"
 WORKER_TIMEOUT = 600  # seconds without a finished step before the job is ended
 ALIVE_EVERY, ALIVE_STALE = 2, 60  # a worker's thread beats this often; silent this long, it is not answering
+PEER_QUIET = 5 * ALIVE_EVERY  # silent this long while another worker failed: it is the cause
 
 
 def step_file(job, process_id):
@@ -155,7 +158,8 @@ def fit(prepared, config, processes, coordinator=None, process_id=None, cache=No
     failed = _wait(workers, timeout, [(step_file(job, i), alive_file(job, i)) for i in ids], worker_timeout)
     if failed and failed[1] == "silent":
         raise WorkerError(f"distributed training stopped: worker {ids[failed[0]]} stopped answering (no sign "
-                          f"of life for {ALIVE_STALE} s), so every worker was ended (job folder {job})")
+                          f"of life for {ALIVE_STALE} s, or for {PEER_QUIET} s while another worker failed), so "
+                          f"every worker was ended (job folder {job})")
     if failed and failed[1] == "stuck":
         raise WorkerError(f"distributed training stopped: no training step finished for {worker_timeout:.0f} s "
                           f"(--worker-timeout) although every worker is running (waiting on each other, or on "
@@ -186,7 +190,8 @@ def fit(prepared, config, processes, coordinator=None, process_id=None, cache=No
 
 def _wait(workers, timeout=None, beats=None, silence=WORKER_TIMEOUT):
     """Wait for all; stop them all when one fails -> (its index, exit code), when one shows no
-    sign of life for ALIVE_STALE seconds -> (its index, "silent"), or when one has finished no
+    sign of life for ALIVE_STALE seconds, or for PEER_QUIET while another has failed -> (its
+    index, "silent"), or when one has finished no
     step for `silence` seconds -> (its index, "stuck"); `beats`: (step file, alive file) per worker."""
     t0 = time.time()
 
@@ -197,7 +202,9 @@ def _wait(workers, timeout=None, beats=None, silence=WORKER_TIMEOUT):
         codes = [w.poll() for w in workers]
         bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         running = [i for i, c in enumerate(codes) if c is None]
-        if not bad and beats:
+        if bad and beats:  # a worker that failed while a peer went quiet most likely died waiting on it
+            bad = [(i, "silent") for i in running if quiet(beats[i][1]) > PEER_QUIET] or bad
+        elif beats:
             bad = ([(i, "silent") for i in running if quiet(beats[i][1]) > ALIVE_STALE]
                    or [(i, "stuck") for i in running if quiet(beats[i][0]) > silence])
         late = timeout and time.time() - t0 > timeout
