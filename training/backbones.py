@@ -84,7 +84,7 @@ class PthError(ValueError):
 _DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
            "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
            "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-           "BFloat16Storage": np.uint16}  # bfloat16 read as its raw 16 bits (training.astra widens it)
+           "BFloat16Storage": np.uint16}  # bfloat16 read as its raw 16 bits; _rebuild widens it
 
 
 class _StorageType:
@@ -103,12 +103,17 @@ def _rebuild_later(*args):
 
 
 def _rebuild(storage, offset, size, stride, *_):
-    """What torch._utils._rebuild_tensor_v2 does, for numpy: a strided view of the storage, copied."""
+    """What torch._utils._rebuild_tensor_v2 does, for numpy: a strided view of the storage,
+    copied; bfloat16 (read as uint16, the only storage read so) widened to float32."""
     if not size:
-        return storage[offset:offset + 1].reshape(()).copy()
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(st * storage.itemsize for st in stride))
-    return np.ascontiguousarray(view)
+        out = storage[offset:offset + 1].reshape(()).copy()
+    else:
+        view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                               strides=tuple(st * storage.itemsize for st in stride))
+        out = np.ascontiguousarray(view)
+    if out.dtype == np.uint16:  # bfloat16: the high half of a float32
+        out = (out.astype(np.uint32) << 16).view(np.float32)
+    return out
 
 
 class _TensorUnpickler(pickle.Unpickler):
@@ -140,18 +145,24 @@ class _TensorUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def _read_zip(path):
-    with zipfile.ZipFile(path) as z:
+def unpickle_zip(source, name=None):
+    """The unpickled tree of a zip-format torch file (a path or a file object), each tensor
+    still a call to rebuild (`_materialise` builds a state dict's)."""
+    with zipfile.ZipFile(source) as z:
         pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if not pkl:
-            raise PthError(f"{path}: a zip without data.pkl, not a PyTorch file")
+            raise PthError(f"{name or source}: a zip without data.pkl, not a PyTorch file")
         prefix = pkl[0][:-len("data.pkl")]
 
         def storage(key, dtype, count):
             raw = z.read(f"{prefix}data/{key}")
             return np.frombuffer(raw, dtype=dtype, count=count)
 
-        return _materialise(_TensorUnpickler(io.BytesIO(z.read(pkl[0])), storage).load())
+        return _TensorUnpickler(io.BytesIO(z.read(pkl[0])), storage).load()
+
+
+def _read_zip(path):
+    return _materialise(unpickle_zip(path))
 
 
 def _read_legacy(path):
