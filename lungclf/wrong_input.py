@@ -20,7 +20,11 @@ tissue model). Two checks, cheapest first, both fitted on the bundle's TRAINING 
 The reference is plain arrays in BUNDLE/wrong_input.npz, read with allow_pickle=False:
 
     means      (classes, D)  float64  class means of the training features
-    precision  (D, D)        float64  inverse of the shared (shrinkage) covariance
+    precision  (D(D+1)/2,)   float32 or float64  inverse of the shared (shrinkage) covariance,
+                             symmetric, so its upper triangle only, row after row ((i, j) for
+                             j >= i; float32 where that moves no distance beyond a 1e-5 share of
+                             the threshold, see training/wrong_input.py); read as (D, D) float64.
+                             Bundles written before 2026-12-03 hold the full (D, D) float64.
     stats_mean (8,)          float64  mean pixel statistics of the training images
     stats_precision (8, 8)   float64  inverse of their (shrinkage) covariance
 
@@ -44,6 +48,9 @@ import numpy as np
 
 FILE = "wrong_input.npz"
 ARRAYS = ("means", "precision", "stats_mean", "stats_precision")
+# A precision stored in float32 (here and on the page) may move a feature distance by at most
+# this share of the threshold, and no verdict; otherwise it is stored in float64.
+ROUNDING_TOLERANCE = 1e-5
 N_STATS = 8
 # What each modality's images are called in the warning a visitor reads.
 KINDS = {"histopathology": "histopathology tiles", "CT": "CT slices"}
@@ -204,15 +211,31 @@ class Reference:
 
     # ---------------------------------------------------------------- files
 
-    def arrays(self):
-        return {a: np.asarray(getattr(self, a), np.float64) for a in ARRAYS}
+    def arrays(self, precision_dtype="float64"):
+        """The arrays as written: float64, the precision's upper triangle in precision_dtype."""
+        out = {a: np.asarray(getattr(self, a), np.float64) for a in ARRAYS}
+        out["precision"] = out["precision"][np.triu_indices(self.feature_dim)].astype(precision_dtype)
+        return out
 
-    def save(self, path):
+    def rounded(self, precision_dtype):
+        """This reference as it reads back when saved with its precision in precision_dtype."""
+        p = self.arrays(precision_dtype)["precision"]
+        return Reference(self.means, unpack_upper(p, self.feature_dim), self.stats_mean, self.stats_precision,
+                         self.threshold, self.stats_threshold, self.colour_range, self.modality, self.quantile)
+
+    def precision_dtype(self, features):
+        """float32 when storing the precision so moves no distance of features (N, D) by more
+        than ROUNDING_TOLERANCE of the threshold and changes no verdict; else float64."""
+        d, d32 = self.distances(features), self.rounded("float32").distances(features)
+        same = ((d > self.threshold) == (d32 > self.threshold)).all()
+        return "float32" if same and np.abs(d - d32).max() <= ROUNDING_TOLERANCE * self.threshold else "float64"
+
+    def save(self, path, precision_dtype="float64"):
         """Write the arrays to path (.npz, no pickle); returns its bytes' sha256."""
         import hashlib
 
         buf = io.BytesIO()
-        np.savez(buf, **self.arrays())
+        np.savez(buf, **self.arrays(precision_dtype))
         with open(path, "wb") as f:
             f.write(buf.getvalue())
         return hashlib.sha256(buf.getvalue()).hexdigest()
@@ -235,7 +258,10 @@ class Reference:
         except (OSError, EOFError) as e:
             raise ReferenceError(f"{name}: unreadable ({type(e).__name__})") from None
         d, m = spec.feature_dim, N_STATS
-        shapes = {"means": (n_classes, d), "precision": (d, d), "stats_mean": (m,), "stats_precision": (m, m)}
+        shapes = {"means": (n_classes, d), "precision": (d * (d + 1) // 2,), "stats_mean": (m,),
+                  "stats_precision": (m, m)}
+        if arrays["precision"].shape == (d, d):  # the full matrix, as written before 2026-12-03
+            shapes["precision"] = (d, d)
         for a, shape in shapes.items():
             got = arrays[a]
             if got.dtype.kind != "f" or got.shape != shape:
@@ -243,9 +269,18 @@ class Reference:
                                      f"got {got.dtype} {list(got.shape)}")
             if not np.isfinite(got).all():
                 raise ReferenceError(f"{name}: {a} holds NaN or infinite values")
+        if arrays["precision"].ndim == 1:
+            arrays["precision"] = unpack_upper(arrays["precision"], d)
         return cls(*(arrays[a].astype(np.float64) for a in ARRAYS), threshold=spec.threshold,
                    stats_threshold=spec.stats_threshold, colour_range=tuple(spec.colour_range),
                    modality=modality, quantile=spec.quantile)
+
+
+def unpack_upper(upper, d):
+    """The symmetric (D, D) float64 matrix whose upper triangle, row after row, is upper."""
+    full = np.zeros((d, d), np.float64)
+    full[np.triu_indices(d)] = upper
+    return full + np.triu(full, 1).T
 
 
 NO_CHECK = ("This model has no wrong-input check: it answers for any image, so its label means "

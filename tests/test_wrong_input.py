@@ -73,6 +73,49 @@ def test_reference_reads_back_without_pickle(tmp_path):
     assert np.array_equal(back.means, ref.means) and np.array_equal(back.precision, ref.precision)
 
 
+def _spd(d, condition, seed=0):
+    """A symmetric positive definite (d, d) matrix with eigenvalues from 1 to `condition`."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    return (q * np.geomspace(1, condition, d)) @ q.T
+
+
+def test_reference_stores_the_upper_triangle_of_its_precision_and_reads_back_the_whole(tmp_path):
+    ref = reference(d=6)
+    ref.precision = _spd(6, 10.0)
+    path = tmp_path / "wrong_input.npz"
+    ref.save(path, "float32")
+    with np.load(path) as z:
+        assert z["precision"].shape == (21,) and z["precision"].dtype == np.float32
+    back = Reference.load(str(path), spec(6), 3)
+    assert back.precision.dtype == np.float64 and np.array_equal(back.precision, back.precision.T)
+    np.testing.assert_allclose(back.precision, ref.precision, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_with_the_whole_precision_matrix_still_loads(tmp_path):
+    """Bundles written before the precision was packed hold the full (D, D) float64 matrix."""
+    ref = reference(d=5)
+    path = tmp_path / "wrong_input.npz"
+    np.savez(path, means=ref.means, precision=_spd(5, 3.0), stats_mean=ref.stats_mean,
+             stats_precision=ref.stats_precision)
+    assert np.allclose(Reference.load(str(path), spec(5), 3).precision, _spd(5, 3.0))
+
+
+def test_precision_is_stored_in_float32_only_when_that_moves_no_distance():
+    """Rounding each entry to float32 is harmless for a well-conditioned precision; one with a
+    direction a million times stiffer, where the features' distances come from the rest,
+    cancels large terms, and float32 would move those distances: then float64."""
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=64)
+    u /= np.linalg.norm(u)
+    features = rng.normal(size=(200, 64))
+    features -= np.outer(features @ u, u)
+    for stiffness, dtype in ((10.0, "float32"), (1e6, "float64")):
+        ref = reference(d=64)
+        ref.means, ref.precision = np.zeros((3, 64)), np.eye(64) + stiffness * np.outer(u, u)
+        ref.threshold = float(np.median(ref.distances(features)))
+        assert ref.precision_dtype(features) == dtype
+
+
 def test_reference_that_needs_pickle_is_refused(tmp_path):
     path = tmp_path / "wrong_input.npz"
     np.savez(path, means=np.array([{"a": 1}] * 3, dtype=object), precision=np.eye(4),

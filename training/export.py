@@ -40,10 +40,11 @@ will record (opset, differences, tolerance, versions, sha256 and size of model.o
 The wrong-input reference goes to the page too (`web_reference`): BUNDLE/wrong_input.bin holds
 the arrays of wrong_input.npz as little-endian floats, and BUNDLE/wrong_input.json says where
 each one lies and carries the .bin's sha256 (the page checks it, as lungclf.bundle checks the
-.npz's). The CT models' 1280 x 1280 precision matrix is symmetric, so only its upper triangle
-is written, as float32 (3.3 MB instead of the .npz's 13 MB of float64): the page computes each
-distance in float64 from it, and the export checks on the same images that the distances differ
-from Python's float64 ones by less than REFERENCE_TOLERANCE and no verdict changes.
+.npz's). The precision matrix is symmetric, so only its upper triangle is written (as in the
+.npz since 2026-12-03), as float32 (3.3 MB for a 1280-wide one, where the full float64 matrix
+took 13 MB): the page computes each distance in float64 from it, and the export checks on the
+same images that the distances differ from Python's float64 ones by less than
+REFERENCE_TOLERANCE and no verdict changes.
 
 Needs requirements-web.txt (tf2onnx, onnx, onnxruntime) besides the app's requirements.
 """
@@ -60,6 +61,7 @@ import warnings
 import numpy as np
 
 from lungclf.schema import ONNX_OUTPUTS as OUTPUTS  # the contract names them once
+from lungclf.wrong_input import ROUNDING_TOLERANCE
 from training.errors import ExportError, TrainingError, cli_errors
 
 OPSET = 17  # onnxruntime-web runs it on WebAssembly and WebGPU; the graph needs nothing newer
@@ -88,7 +90,7 @@ REFERENCE_FORMAT = "lung-classifier-wrong-input-web/1"
 # threshold: float32 keeps 24 bits (6e-8 relative per entry), and a distance of D = 1280 terms
 # moves by about sqrt(D) * 6e-8 of its size; 1e-5 of the threshold is over 100x that, and a
 # verdict changes only for an image within 1e-5 of the limit (none of the images checked).
-REFERENCE_TOLERANCE = 1e-5
+REFERENCE_TOLERANCE = ROUNDING_TOLERANCE
 
 
 def _need_onnx():

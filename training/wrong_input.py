@@ -383,7 +383,8 @@ def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, com
     ok = ~np.any(ref.flags_of(stats[te], feats[te])[:3], axis=0)
     return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
                   f"images the model was fitted on ({int(fit_rows.sum())}); threshold from the out-of-fold "
-                  f"distances of all {len(y)} images (group {len(first)}-fold)", command, log)
+                  f"distances of all {len(y)} images (group {len(first)}-fold)", command, log,
+                  ref.precision_dtype(feats))
 
 
 def _read_meta(bundle):
@@ -393,12 +394,14 @@ def _read_meta(bundle):
         return json.load(f)
 
 
-def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fitted_on, command, log):
-    """Measure the wrong inputs, write wrong_input.npz, the examples and the metadata block."""
+def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fitted_on, command, log,
+           precision_dtype="float64"):
+    """Measure the wrong inputs, write wrong_input.npz (its precision in precision_dtype), the
+    examples and the metadata block."""
     sets = wrong_input_sets(ref_size(model), recipe.ood_dirs(), ood_limit=recipe.ood_limit, seed=recipe.seed)
     rates["wrong_inputs"] = measure(ref, model, sets)
     quantile = recipe.wrong_input_quantile
-    digest = ref.save(os.path.join(bundle, FILE))
+    digest = ref.save(os.path.join(bundle, FILE), precision_dtype)
     meta["wrong_input"] = {
         "file": FILE, "sha256": digest, "feature_dim": int(ref.feature_dim),
         "threshold": ref.threshold, "quantile": quantile, "colour_range": list(ref.colour_range),
