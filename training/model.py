@@ -13,7 +13,7 @@
     astra      a 2D ResNet-152 with the chest-CT weights of Astra's 3D encoder (--weights
                astra-ct, training/astra.py); `blocks` keeps its first N of 50 bottlenecks
     lite0+astra  both side by side on one image (--weights efficientnet-lite0+astra-ct):
-               whole Lite0's last map upsampled to the size of the cut Astra's, joined
+               the cut Astra's map average-pooled to the size of whole Lite0's last map, joined
                channel-wise, one pooling, one softmax layer (so the heatmap and the
                wrong-input check work as for one network); `blocks` cuts Astra
     anchor     the seed projects' design (3 conv + Flatten + Dense 256/128), kept only as
@@ -146,10 +146,12 @@ def astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=None):
 
 
 def lite0_astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=11):
-    """Whole EfficientNet-Lite0 and the cut Astra ResNet on the same image; Lite0's last map
-    (1/32 of the input) is upsampled by nearest neighbour to the size of Astra's (1/8 after
-    blocks 4-11; 1/4 before, 1/16 and 1/32 after), so that one global average pooling gives
-    both pooled feature sets side by side (pooling a map repeated k x k times is pooling it)."""
+    """Whole EfficientNet-Lite0 and the cut Astra ResNet on the same image; Astra's map (1/8
+    of the input after blocks 4-11; 1/4 before, 1/16 and 1/32 after) is average-pooled in
+    k x k tiles to the size of Lite0's last map (1/32), so that one global average pooling
+    gives both pooled feature sets side by side (the mean of tile means is the mean). Pooling
+    Astra's map, not repeating Lite0's, keeps the ONNX graph free of transposes (a repeat
+    becomes Tile, Reshape and Transpose there) and the heatmap at Lite0's 1/32."""
     from training.astra import resnet_ct
 
     inputs, x = _inputs(input_size, colour_mode)
@@ -159,7 +161,8 @@ def lite0_astra(input_size, n_classes, dropout=0.2, colour_mode="grey", blocks=1
     if factor < 1 or b.shape[1] != factor * a.shape[1] or b.shape[2] != factor * a.shape[2]:
         raise ModelError(f"lite0+astra: at {input_size} px Lite0's map is {a.shape[1]} wide and Astra's "
                          f"{b.shape[1]}, not a multiple of it; use an input size divisible by 32")
-    a = layers.UpSampling2D(factor, interpolation="nearest", name="lite_upsample")(a)
+    if factor > 1:
+        b = layers.AveragePooling2D(factor, name="astra_tiles")(b)
     x = layers.Concatenate(name="joined")([a, b])
     return keras.Model(inputs, _head(x, n_classes, dropout), name="lite0_astra")
 
