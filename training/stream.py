@@ -177,7 +177,7 @@ def logits(model, files, size, views=None, batch_size=64):
     augmentation views (lungclf.inference: the app's forward pass)."""
     from lungclf.inference import forward_fn, predict_logits
 
-    forward = forward_fn(model, traced=False)
+    forward = forward_fn(model)
     n_classes = model.outputs[0].shape[-1]
     out, ys = [np.zeros((0, n_classes), np.float32)], [np.zeros(0, np.int32)]
     for x, y in eval_dataset(files, size, batch_size).as_numpy_iterator():

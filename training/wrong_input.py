@@ -308,7 +308,7 @@ def split_features(model, data, split, batch_size=64, folder=None):
         store = stream.Rows(path, np.float32, (len(files.paths), dim), create=True)
     else:
         store = np.zeros((len(files.paths), dim), np.float32)
-    forward = forward_fn(model, traced=False)  # once: each batch reuses it
+    forward = forward_fn(model)  # once: each batch reuses it
     n, stats, ys, oks = 0, [np.zeros((0, 8))], [], []
     for x, y, ok in stream.read_batches(files, model.inputs[0].shape[1], batch_size):
         x, y = x[ok].astype(np.float32), y[ok]
