@@ -1,8 +1,12 @@
 """Choosing a recipe by evidence (training/select.py) and the out-of-fold wrong-input threshold."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT
 from training.recipe import Recipe
 
 
@@ -166,3 +170,41 @@ def test_a_candidate_wins_only_when_it_beats_the_baseline_by_more_than_the_inter
     base = row(BASELINE_LABEL, 0.80, 0.0)
     assert choose([row("a", 0.83, -0.01), base, row("b", 0.79, 0.001)])["label"] == "b"
     assert choose([row("a", 0.83, -0.01), base])["label"] == BASELINE_LABEL
+
+
+def test_a_candidate_over_the_page_budget_is_not_chosen():
+    from training.select import BASELINE_LABEL, choose
+
+    def row(label, f1, lo, within=True):
+        return {"label": label, "pooled_macro_f1": f1, "minus_baseline": {"interval95": [lo, lo + 0.1]},
+                "within_budget": within}
+
+    base = row(BASELINE_LABEL, 0.80, 0.0)
+    assert choose([row("big", 0.86, 0.02, within=False), row("small", 0.83, 0.01), base])["label"] == "small"
+    assert choose([row("big", 0.86, 0.02, within=False), base])["label"] == BASELINE_LABEL
+
+
+def test_the_page_download_estimate_is_what_the_committed_bundle_weighs():
+    """The budget's estimate (model.onnx at 4 bytes a parameter, the reference's upper triangle
+    in float32) against the files the page fetches for the committed IQ-OTH/NCCD model."""
+    from training.recipe import Recipe
+    from training.select import page_mb
+
+    folder = os.path.join(ROOT, "models", "iq_othnccd")
+    with open(os.path.join(folder, "recipe.json")) as f:
+        recipe = Recipe.from_dict(json.load(f))
+    with open(os.path.join(folder, "metadata.json")) as f:
+        parameters = json.load(f)["model"]["parameters"]
+    params, mb = page_mb(recipe, 3)
+    real = sum(os.path.getsize(os.path.join(folder, n)) for n in ("model.onnx", "wrong_input.bin")) / 1e6
+    assert params == parameters and abs(mb - real) <= 0.02 * real
+
+
+def test_an_unknown_setting_at_the_top_of_a_candidates_file_is_refused(tmp_path):
+    from training.errors import RecipeError
+    from training.select import read_candidates
+
+    path = tmp_path / "c.toml"
+    path.write_text('max_page_md = 20\n[base]\nname = "x"\ndata = "d"\n')
+    with pytest.raises(RecipeError, match="unknown setting.*max_page_md.*max_page_mb"):
+        read_candidates(str(path))

@@ -17,6 +17,12 @@ above the baseline by more than the 95% interval of the paired difference, or th
 itself when none is; it is written as a recipe file with a note saying how it was chosen,
 and every candidate's fold figures go to --json.
 
+A budget, optional, at the top of the candidates file: `max_page_mb = 20` leaves out of the
+choice (but not of the table) every candidate whose page download would be larger: its
+model.onnx (4 bytes a parameter, counted on the network built without weights) and its
+wrong-input reference (the precision's upper triangle in float32, the class means), what
+the browser page (training/export.py) fetches. The CT models' budget is 20 MB.
+
 Cost on 2 cores: a frozen candidate's features are computed once per view (cached, see
 training/frozen.py), then its head fits in about a second a fold; a finetune candidate
 trains a network per fold (minutes to half an hour each), so its finished folds' out-of-fold
@@ -38,10 +44,12 @@ from training.errors import RecipeError, TrainingError, cli_errors
 from training.recipe import Recipe
 
 BASELINE_LABEL = "baseline: frozen Lite0, logistic regression"
+BUDGET_KEYS = ("max_page_mb",)
 
 
 def read_candidates(path):
-    """(base recipe, [(label, recipe)]) from a candidates file; the baseline first."""
+    """(base recipe, [(label, recipe)], budget {"max_page_mb": float} or {}) from a candidates
+    file; the baseline first."""
     try:
         with open(path, "rb") as f:
             spec = tomllib.load(f)
@@ -58,7 +66,20 @@ def read_candidates(path):
         c = dict(c)
         label = c.pop("label", f"candidate {i + 1}")
         out.append((label, Recipe.from_dict(base.to_dict() | c, f"{path} candidate {label!r}")))
-    return base, out
+    budget = {k: float(spec[k]) for k in BUDGET_KEYS if k in spec}
+    unknown = sorted(k for k, v in spec.items() if not isinstance(v, (dict, list)) and k not in BUDGET_KEYS)
+    if unknown:
+        raise RecipeError(f"{path}: unknown setting(s) {', '.join(unknown)}; at the top: {', '.join(BUDGET_KEYS)}")
+    return base, out, budget
+
+
+def page_mb(recipe, n_classes):
+    """(parameters, MB the browser page downloads: model.onnx in float32 and the wrong-input
+    reference) of the network `recipe` names, built without its weights."""
+    _, config = steps.configure(recipe, verbose=0)
+    model = steps.build_model(config, n_classes)
+    params, d = int(model.count_params()), int(model.layers[-1].input.shape[-1])
+    return params, round((4 * params + 4 * d * (d + 1) // 2 + 8 * n_classes * d) / 1e6, 1)
 
 
 def score(recipe, prepared, state, save, log=print):
@@ -118,7 +139,7 @@ def finetune_folds(recipe, config, prepared, state, save, log):
 
 def select(path, out=None, json_path=None, state_path=None, only=None, log=print):
     """Score every candidate of the file at `path`; write the winner to `out` -> rows."""
-    base, candidates = read_candidates(path)
+    base, candidates, budget = read_candidates(path)
     if only:
         candidates = [c for c in candidates if c[0] == BASELINE_LABEL or c[1].method == only]
     prepared = steps.prepare_recipe(base.replace(method="frozen", weights=base.weights or "efficientnet-lite0",
@@ -145,48 +166,57 @@ def select(path, out=None, json_path=None, state_path=None, only=None, log=print
     for label, recipe in candidates:
         s = frozen.summary(y, groups, results[label], base_cv)
         _, config = steps.configure(recipe, verbose=0)
+        params, mb = page_mb(recipe, len(prepared.labels))
         rows.append({"label": label, "method": recipe.method, "recipe": recipe.to_dict(),
                      "network": frozen.Spec.of(config).text() if recipe.weights else config.arch,
-                     "seconds": results[label]["seconds"]} | s)
+                     "seconds": results[label]["seconds"], "parameters": params, "page_mb": mb,
+                     "within_budget": mb <= budget.get("max_page_mb", float("inf"))} | s)
     rows.sort(key=lambda r: -r["pooled_macro_f1"])
     log("\n" + table(rows))
     winner = choose(rows)
     if out:
-        write_winner(winner, rows, base, out, path)
+        write_winner(winner, rows, base, out, path, budget)
         log(f"\nwinner: {winner['label']} -> {out}")
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"candidates_file": path, "images": len(y), "groups": len(set(groups)),
-                       "folds": base.folds, "seeds": base.fold_seeds, "rows": rows}, f, indent=1)
+                       "folds": base.folds, "seeds": base.fold_seeds, "budget": budget, "rows": rows}, f, indent=1)
     return rows
 
 
 def choose(rows):
     """The best candidate (pooled out-of-fold macro-F1) among those above the baseline by more
     than the interval of the paired difference; the baseline itself when none is: a
-    candidate that cannot show it beats the cheapest model does not earn its cost."""
-    clear = [r for r in rows if r["label"] != BASELINE_LABEL and r["minus_baseline"]["interval95"][0] > 0]
+    candidate that cannot show it beats the cheapest model does not earn its cost. Candidates
+    over the file's budget (within_budget False) are not chosen."""
+    clear = [r for r in rows if r["label"] != BASELINE_LABEL and r["minus_baseline"]["interval95"][0] > 0
+             and r.get("within_budget", True)]
     return clear[0] if clear else next(r for r in rows if r["label"] == BASELINE_LABEL)
 
 
 def table(rows):
-    out = ["| candidate | method | macro-F1 pooled OOF (95%) | folds mean ± sd | minus baseline (95%) | cost s |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    out = ["| candidate | method | macro-F1 pooled OOF (95%) | folds mean ± sd | minus baseline (95%) | page MB | cost s |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lo, hi = r["interval95"]
         d = r["minus_baseline"]
         out.append(f"| {r['label']} | {r['method']} | {r['pooled_macro_f1']:.3f} ({lo:.3f}-{hi:.3f}) | "
                    f"{r['mean']:.3f} ± {r['std']:.3f} ({r['folds']}) | {d['mean']:+.3f} "
-                   f"({d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f}) | {r['seconds']:.0f} |")
+                   f"({d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f}) | {r.get('page_mb', '')}"
+                   f"{'' if r.get('within_budget', True) else ' (over budget)'} | {r['seconds']:.0f} |")
     return "\n".join(out)
 
 
-def write_winner(winner, rows, base, out, path):
+def write_winner(winner, rows, base, out, path, budget=None):
     lo, hi = winner["interval95"]
-    rule = ("the best of those above the frozen-feature baseline by more than the 95% interval of "
-            "the paired difference" if winner["label"] != BASELINE_LABEL else
-            "no candidate was above the frozen-feature baseline by more than the 95% interval of the "
-            "paired difference, so the baseline itself")
+    within = f" and within the page budget ({budget['max_page_mb']:g} MB)" if budget else ""
+    rule = (f"the best of those above the frozen-feature baseline by more than the 95% interval of "
+            f"the paired difference{within}" if winner["label"] != BASELINE_LABEL else
+            f"no candidate was above the frozen-feature baseline by more than the 95% interval of the "
+            f"paired difference{within}, so the baseline itself")
+    over = [r["label"] for r in rows if not r.get("within_budget", True) and r["minus_baseline"]["interval95"][0] > 0]
+    if over:
+        rule += f" (above it but over the budget: {'; '.join(over)})"
     others = [r for r in rows if r is not winner][:4]
     note = (f"Chosen by python -m training.select {path}: {len(rows)} candidates, group "
             f"{base.folds}-fold x {base.fold_seeds} seeds; {rule}. It scored pooled out-of-fold macro-F1 "

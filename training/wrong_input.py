@@ -110,10 +110,10 @@ def folder_images(folder, size, limit=400, seed=0):
 
 # ---------------------------------------------------------------- fitting and measuring
 
-def features(model, x, batch_size=64):
+def features(model, x, batch_size=64, forward=None):
     from lungclf.inference import predict_features
 
-    return predict_features(model, np.asarray(x, np.float32), batch_size)[1]
+    return predict_features(model, np.asarray(x, np.float32), batch_size, forward)[1]
 
 
 BLOCK = 2048  # feature rows read at a time: what the fit holds besides its (D, D) sums
@@ -238,7 +238,10 @@ def rate(ref, stats, feats, distances=None):
 
 def measure(ref, model, sets):
     """{name: rate} for each (name, images) in sets."""
-    return {name: rate(ref, pixel_stats(x), features(model, x)) for name, x in sets.items()}
+    from lungclf.inference import forward_fn
+
+    forward = forward_fn(model)  # traced once for every set
+    return {name: rate(ref, pixel_stats(x), features(model, x, forward=forward)) for name, x in sets.items()}
 
 
 def wrong_input_sets(size, ood_dirs=(), n_synthetic=40, ood_limit=400, seed=0):
