@@ -200,11 +200,14 @@ def test_the_page_download_estimate_is_what_the_committed_bundle_weighs():
     assert params == parameters and abs(mb - real) <= 0.02 * real
 
 
-def test_an_unknown_setting_at_the_top_of_a_candidates_file_is_refused(tmp_path):
+def test_an_unknown_or_malformed_budget_in_a_candidates_file_is_refused(tmp_path):
     from training.errors import RecipeError
     from training.select import read_candidates
 
     path = tmp_path / "c.toml"
     path.write_text('max_page_md = 20\n[base]\nname = "x"\ndata = "d"\n')
     with pytest.raises(RecipeError, match="unknown setting.*max_page_md.*max_page_mb"):
+        read_candidates(str(path))
+    path.write_text('max_page_mb = "20"\n[base]\nname = "x"\ndata = "d"\n')
+    with pytest.raises(RecipeError, match="max_page_mb must be a positive number of MB"):
         read_candidates(str(path))

@@ -66,7 +66,9 @@ def read_candidates(path):
         c = dict(c)
         label = c.pop("label", f"candidate {i + 1}")
         out.append((label, Recipe.from_dict(base.to_dict() | c, f"{path} candidate {label!r}")))
-    budget = {k: float(spec[k]) for k in BUDGET_KEYS if k in spec}
+    budget = {k: spec[k] for k in BUDGET_KEYS if k in spec}
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in budget.values()):
+        raise RecipeError(f"{path}: {', '.join(BUDGET_KEYS)} must be a positive number of MB, got {budget}")
     unknown = sorted(k for k, v in spec.items() if not isinstance(v, (dict, list)) and k not in BUDGET_KEYS)
     if unknown:
         raise RecipeError(f"{path}: unknown setting(s) {', '.join(unknown)}; at the top: {', '.join(BUDGET_KEYS)}")
