@@ -61,7 +61,7 @@ import warnings
 import numpy as np
 
 from lungclf.schema import ONNX_OUTPUTS as OUTPUTS  # the contract names them once
-from lungclf.wrong_input import ROUNDING_TOLERANCE
+from lungclf.wrong_input import ROUNDING_TOLERANCE, unpack_upper
 from training.errors import ExportError, TrainingError, cli_errors
 
 OPSET = 17  # onnxruntime-web runs it on WebAssembly and WebGPU; the graph needs nothing newer
@@ -377,14 +377,14 @@ def web_reference(reference, folder, precision_dtype="float32"):
         stats_precision  float64 (8, 8)            full, row after row
         precision        float32 (D, D)            upper triangle, row after row: (i, j) for j >= i
                          (float64 where float32 would move a distance beyond the tolerance:
-                         export_reference tries float32 first)
+                         Reference.precision_dtype, as for the .npz)
     """
     d = reference.feature_dim
-    upper = np.triu_indices(d)
-    parts = [("means", "float64", reference.means, "full"),
-             ("stats_mean", "float64", reference.stats_mean, "full"),
-             ("stats_precision", "float64", reference.stats_precision, "full"),
-             ("precision", precision_dtype, np.asarray(reference.precision)[upper], "upper")]
+    packed = reference.arrays(precision_dtype)  # the .npz's arrays: the precision's upper triangle
+    parts = [("means", "float64", packed["means"], "full"),
+             ("stats_mean", "float64", packed["stats_mean"], "full"),
+             ("stats_precision", "float64", packed["stats_precision"], "full"),
+             ("precision", precision_dtype, packed["precision"], "upper")]
     arrays, data, offset = [], [], 0
     for name, dtype, a, layout in parts:
         raw = np.ascontiguousarray(a, np.dtype(dtype).newbyteorder("<")).tobytes()
@@ -419,10 +419,7 @@ def read_web_reference(folder):
         v = np.frombuffer(blob, np.dtype(a["dtype"]).newbyteorder("<"), a["bytes"] // np.dtype(a["dtype"]).itemsize,
                           a["offset"]).astype(np.float64)
         if a["layout"] == "upper":
-            d = a["shape"][0]
-            full = np.zeros((d, d))
-            full[np.triu_indices(d)] = v
-            v = full + np.triu(full, 1).T
+            v = unpack_upper(v, a["shape"][0])
         out[a["name"]] = v.reshape(a["shape"])
     return header, out
 
@@ -509,13 +506,12 @@ def export_reference(bundle, onnx_path, x, folder):
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     features = session.run(["features"], {session.get_inputs()[0].name: x})[0]
     # float32 halves the download; an ill-conditioned precision (a tiny network's few features)
-    # can need float64 to keep the distances within the tolerance.
-    for dtype in ("float32", "float64"):
-        header = web_reference(reference, folder, dtype)
-        _, arrays = read_web_reference(folder)
-        check = check_web_reference(reference, arrays, features)
-        if check["relative"] <= REFERENCE_TOLERANCE and check["same_verdict"] == len(x):
-            break
+    # can need float64 to keep the distances within the tolerance: the .npz's rule, then the
+    # written file checked as the page reads it.
+    dtype = reference.precision_dtype(features)
+    header = web_reference(reference, folder, dtype)
+    _, arrays = read_web_reference(folder)
+    check = check_web_reference(reference, arrays, features)
     check["precision_dtype"] = dtype
     if not (check["relative"] <= REFERENCE_TOLERANCE and check["same_verdict"] == len(x)):
         for name in (REFERENCE_FILE, REFERENCE_DATA):
