@@ -153,6 +153,7 @@ class WrongInput:
     method: str = ""
     fitted_on: str = "train"
     rates: dict = field(default_factory=dict)  # measured shares flagged, for the card; not read by the app
+    known_wrong: list[str] = field(default_factory=list)  # names of the known wrong kinds (the .npz's others)
 
 
 @dataclass(frozen=True)

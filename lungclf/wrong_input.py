@@ -15,7 +15,11 @@ tissue model). Two checks, cheapest first, both fitted on the bundle's TRAINING 
               nearest class mean, with one shared covariance (class-conditional Gaussians,
               Lee et al. 2018, "A simple unified framework for detecting out-of-distribution
               samples"); flagged above a threshold set on the VALIDATION split so that a
-              chosen share of in-distribution images (default 5%) would be flagged
+              chosen share of in-distribution images (default 5%) would be flagged; and,
+              where training was shown images of known wrong kinds (a recipe's
+              known_wrong_data: another CT data set, say), an image whose features are nearer
+              to such a kind's mean than to every class mean (a linear discriminant between
+              the model's classes and those kinds, with the same shared covariance)
 
 The reference is plain arrays in BUNDLE/wrong_input.npz, read with allow_pickle=False:
 
@@ -27,6 +31,8 @@ The reference is plain arrays in BUNDLE/wrong_input.npz, read with allow_pickle=
                              Bundles written before 2026-12-03 hold the full (D, D) float64.
     stats_mean (8,)          float64  mean pixel statistics of the training images
     stats_precision (8, 8)   float64  inverse of their (shrinkage) covariance
+    others     (K, D)        float64  optional: the mean features of each known wrong kind, in
+                             the order of the metadata's `known_wrong` names
 
 and numbers in metadata.json's `wrong_input` block (lungclf.schema.WrongInput): file,
 sha256, feature dimension, threshold, quantile, colour range and the measured rates.
@@ -48,6 +54,7 @@ import numpy as np
 
 FILE = "wrong_input.npz"
 ARRAYS = ("means", "precision", "stats_mean", "stats_precision")
+OPTIONAL = ("others",)  # written only when the reference has known wrong kinds
 # A precision stored in float32 (here and on the page) may move a feature distance by at most
 # this share of the threshold, and no verdict; otherwise it is stored in float64.
 ROUNDING_TOLERANCE = 1e-5
@@ -130,6 +137,8 @@ class Reference:
     colour_range: tuple[float, float] = (0.0, 255.0)
     modality: str = ""
     quantile: float = 0.05
+    others: np.ndarray | None = None  # (K, D): mean features of the known wrong kinds, or None
+    other_names: tuple[str, ...] = ()  # what each is called in a warning ("iq_othnccd")
 
     @property
     def feature_dim(self):
@@ -145,10 +154,20 @@ class Reference:
             w = np.linalg.cholesky(np.asarray(self.precision, np.float64))
         except np.linalg.LinAlgError:
             return None
-        return centre, w, (self.means - centre) @ w
+        return centre, w, (self._all_means - centre) @ w
+
+    @property
+    def _all_means(self):
+        """The class means, then the known wrong kinds' means: (C + K, D)."""
+        return self.means if self.others is None else np.concatenate([self.means, self.others])
 
     def distances(self, features):
-        """Mahalanobis distance of each row of features (N, D) to its nearest class mean -> (N,).
+        """Mahalanobis distance of each row of features (N, D) to its nearest class mean -> (N,)."""
+        return self.nearest(features)[0]
+
+    def nearest(self, features):
+        """(distance to the nearest class mean, index of the nearest known wrong kind when it is
+        nearer still, else -1), each (N,). The distances:
 
         Whitened: with P = W W', (f - m)' P (f - m) = |(f - g) W - (m - g) W|^2, so each image
         costs one D x D product for all classes instead of one per class (for the CT models'
@@ -157,13 +176,19 @@ class Reference:
         f = np.asarray(features, np.float64)
         whitened = self._whitened
         if whitened is None:
-            d = f[:, None, :] - self.means[None]  # (N, C, D)
+            d = f[:, None, :] - self._all_means[None]  # (N, C + K, D)
             sq = ((d @ self.precision) * d).sum(axis=-1)
         else:
             centre, w, mw = whitened
             z = (f - centre) @ w  # (N, D)
-            sq = ((z[:, None, :] - mw[None]) ** 2).sum(axis=-1)  # (N, C)
-        return np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+            sq = ((z[:, None, :] - mw[None]) ** 2).sum(axis=-1)  # (N, C + K)
+        c = len(self.means)
+        near = sq[:, :c].min(axis=1)
+        other = np.full(len(f), -1)
+        if sq.shape[1] > c:
+            nearer = sq[:, c:].min(axis=1) < near
+            other[nearer] = sq[nearer, c:].argmin(axis=1)
+        return np.sqrt(np.maximum(near, 0.0)), other
 
     def colour_ok(self, colour):
         lo, hi = self.colour_range
@@ -173,23 +198,27 @@ class Reference:
         return mahalanobis(pixel_stats(x), self.stats_mean, self.stats_precision)
 
     def flags(self, x, features):
-        """(flagged by colour, by pixel statistics, by features, distances, colourfulness), each (N,)."""
+        """(flagged by colour, by pixel statistics, by features, distances, colourfulness), each
+        (N,); by features: beyond the threshold, or nearer to a known wrong kind."""
         return self.flags_of(pixel_stats(x), features)
 
     def flags_of(self, stats, features):
         """flags() from the images' pixel statistics (N, 8) instead of the images."""
+        return self._flags(stats, features)[:5]
+
+    def _flags(self, stats, features):
         colour = stats[:, 6]
-        dist = self.distances(features)
+        dist, other = self.nearest(features)
         by_pixels = mahalanobis(stats, self.stats_mean, self.stats_precision) > self.stats_threshold
-        return ~self.colour_ok(colour), by_pixels, dist > self.threshold, dist, colour
+        return ~self.colour_ok(colour), by_pixels, (dist > self.threshold) | (other >= 0), dist, colour, other
 
     def check(self, x, features):
         """A Verdict per image of the batch x (N, S, S, 3) 0..255 with its features (N, D)."""
-        by_colour, by_pixels, by_features, dist, colour = self.flags(x, features)
+        by_colour, by_pixels, by_features, dist, colour, other = self._flags(pixel_stats(x), features)
         kind = kind_of(self.modality)
         lo, _ = self.colour_range
         out = []
-        for c, p, f, d, col in zip(by_colour, by_pixels, by_features, dist, colour):
+        for c, p, f, d, col, o in zip(by_colour, by_pixels, by_features, dist, colour, other):
             check, why = "features", ""
             if c:
                 check = "colour"
@@ -199,6 +228,9 @@ class Reference:
                 check = "pixels"
                 why = (f"Its brightness, colours and edges are unlike those of any {kind[:-1]} the "
                        "model was trained on.")
+            elif o >= 0:
+                why = (f"What the network sees in it is nearer to the {self.other_names[o]} images it was "
+                       "shown as wrong input than to anything it learned.")
             elif f:
                 why = (f"What the network sees in it is far from everything it learned: distance "
                        f"{d:.1f}, where {self.threshold:.1f} is the limit (set so that "
@@ -215,19 +247,22 @@ class Reference:
         """The arrays as written: float64, the precision's upper triangle in precision_dtype."""
         out = {a: np.asarray(getattr(self, a), np.float64) for a in ARRAYS}
         out["precision"] = out["precision"][np.triu_indices(self.feature_dim)].astype(precision_dtype)
+        if self.others is not None:
+            out["others"] = np.asarray(self.others, np.float64)
         return out
 
     def rounded(self, precision_dtype):
         """This reference as it reads back when saved with its precision in precision_dtype."""
         p = self.arrays(precision_dtype)["precision"]
         return Reference(self.means, unpack_upper(p, self.feature_dim), self.stats_mean, self.stats_precision,
-                         self.threshold, self.stats_threshold, self.colour_range, self.modality, self.quantile)
+                         self.threshold, self.stats_threshold, self.colour_range, self.modality, self.quantile,
+                         self.others, self.other_names)
 
     def precision_dtype(self, features):
         """float32 when storing the precision so moves no distance of features (N, D) by more
         than ROUNDING_TOLERANCE of the threshold and changes no verdict; else float64."""
-        d, d32 = self.distances(features), self.rounded("float32").distances(features)
-        same = ((d > self.threshold) == (d32 > self.threshold)).all()
+        (d, o), (d32, o32) = self.nearest(features), self.rounded("float32").nearest(features)
+        same = ((d > self.threshold) == (d32 > self.threshold)).all() and (o == o32).all()
         return "float32" if same and np.abs(d - d32).max() <= ROUNDING_TOLERANCE * self.threshold else "float64"
 
     def save(self, path, precision_dtype="float64"):
@@ -250,7 +285,7 @@ class Reference:
                 missing = [a for a in ARRAYS if a not in z.files]
                 if missing:
                     raise ReferenceError(f"{name}: missing array(s) {', '.join(missing)}")
-                arrays = {a: z[a] for a in ARRAYS}
+                arrays = {a: z[a] for a in ARRAYS + OPTIONAL if a in z.files}
         except ReferenceError:
             raise
         except ValueError as e:  # object arrays need pickle, which is refused
@@ -262,6 +297,11 @@ class Reference:
                   "stats_precision": (m, m)}
         if arrays["precision"].shape == (d, d):  # the full matrix, as written before 2026-12-03
             shapes["precision"] = (d, d)
+        names = tuple(spec.known_wrong)
+        if names or "others" in arrays:
+            shapes["others"] = (len(names), d)  # one mean per name in the metadata
+            if "others" not in arrays:
+                raise ReferenceError(f"{name}: missing array others (the metadata names {len(names)} known wrong kinds)")
         for a, shape in shapes.items():
             got = arrays[a]
             if got.dtype.kind != "f" or got.shape != shape:
@@ -273,7 +313,8 @@ class Reference:
             arrays["precision"] = unpack_upper(arrays["precision"], d)
         return cls(*(arrays[a].astype(np.float64) for a in ARRAYS), threshold=spec.threshold,
                    stats_threshold=spec.stats_threshold, colour_range=tuple(spec.colour_range),
-                   modality=modality, quantile=spec.quantile)
+                   modality=modality, quantile=spec.quantile,
+                   others=arrays["others"].astype(np.float64) if names else None, other_names=names)
 
 
 def unpack_upper(upper, d):

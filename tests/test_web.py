@@ -416,6 +416,47 @@ def test_the_resize_is_opencvs_to_the_bit(tmp_path):
 
 
 
+
+def test_the_pages_check_flags_a_known_wrong_kind_as_the_app_does(tmp_path):
+    """web/app.js's verdict against lungclf.wrong_input.Reference.check, from the page's form
+    of a reference that learned a wrong kind: the same flags, checks and words."""
+    import subprocess
+
+    from lungclf.wrong_input import Reference, pixel_stats
+    from training.export import web_reference
+
+    if not shutil.which("node"):
+        pytest.skip("node is not on PATH")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    ref = Reference(rng.normal(size=(3, 6)), a @ a.T + np.eye(6), np.full(8, 100.0), np.eye(8) * 1e-6,
+                    threshold=3.0, stats_threshold=1e9, modality="CT", others=rng.normal(size=(1, 6)) + 2,
+                    other_names=("iq_othnccd",))
+    feats = np.concatenate([ref.means + 0.05, ref.others + 0.05, ref.means + 5.0])
+    x = np.full((len(feats), 8, 8, 3), 100.0)
+    want = [(v.wrong_input, v.check, v.message) for v in ref.check(x, feats)]
+    assert {w[0] for w in want} == {True, False} and any("iq_othnccd" in w[2] for w in want)
+    web_reference(ref, str(tmp_path), "float64")
+    spec = {"threshold": ref.threshold, "stats_threshold": ref.stats_threshold, "colour_range": list(ref.colour_range),
+            "quantile": ref.quantile, "known_wrong": list(ref.other_names)}
+    (tmp_path / "cases.json").write_text(json.dumps({"spec": spec, "stats": pixel_stats(x).tolist(),
+                                                     "features": feats.tolist()}))
+    script = """
+    import { reference, verdict } from %s;
+    import fs from "node:fs";
+    const dir = process.argv[1], c = JSON.parse(fs.readFileSync(dir + "/cases.json"));
+    const header = JSON.parse(fs.readFileSync(dir + "/wrong_input.json")), bin = fs.readFileSync(dir + "/wrong_input.bin");
+    const ref = reference(header, bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.length), c.spec, "CT");
+    console.log(JSON.stringify(c.features.map((f, i) => {
+      const v = verdict(ref, c.stats[i], f);
+      return [v.wrong_input, v.check, v.message];
+    })));
+    """ % json.dumps("file://" + os.path.join(ROOT, "web", "app.js"))
+    p = subprocess.run(["node", "--input-type=module", "-e", script, str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert [tuple(v) for v in json.loads(p.stdout)] == want
+
 # ---------------------------------------------------------------- the static Space (scripts/push_to_hub.py --web-space)
 
 HUB_TOKEN = "hf_test" + base64.b16encode(os.urandom(16)).decode().lower()

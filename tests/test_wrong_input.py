@@ -182,6 +182,66 @@ def test_flags_read_in_blocks_equal_the_references_own():
             np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
+# ---------------------------------------------------------------- known wrong kinds
+
+def test_an_image_nearer_a_known_wrong_kind_than_every_class_is_flagged_with_its_name():
+    """A reference that learned a wrong kind (say, another CT data set) flags an image nearer
+    to that kind's mean than to every class mean, however close it is, and says which kind."""
+    ref = reference()
+    ref.modality, ref.others, ref.other_names = "CT", ref.means[:1] + 0.5, ("iq_othnccd",)
+    x = np.full((3, 8, 8, 3), 100.0)
+    near_class, near_other = ref.means[1] + 0.1, ref.others[0] + 0.1
+    ok, bad = ref.check(x[:2], np.stack([near_class, near_other]))
+    assert not ok.wrong_input
+    assert bad.wrong_input and bad.check == "features" and bad.score < bad.threshold
+    assert "nearer to the iq_othnccd images it was shown as wrong input" in bad.message
+    nearest_class = min(np.sqrt(((near_other - m) ** 2).sum()) for m in ref.means)
+    assert ref.distances(near_other[None])[0] == pytest.approx(nearest_class)  # the score: to the classes
+
+
+def test_known_wrong_kinds_read_back_by_the_names_in_the_metadata(tmp_path):
+    ref = reference()
+    ref.others, ref.other_names = np.ones((2, 4)), ("iq_othnccd", "photos")
+    path = tmp_path / "wrong_input.npz"
+    ref.save(path)
+    back = Reference.load(str(path), spec(4, known_wrong=["iq_othnccd", "photos"]), 3)
+    assert np.array_equal(back.others, ref.others) and back.other_names == ("iq_othnccd", "photos")
+    with pytest.raises(ReferenceError, match="others should be a float array of shape"):
+        Reference.load(str(path), spec(4, known_wrong=["iq_othnccd"]), 3)
+    reference().save(path)
+    with pytest.raises(ReferenceError, match="missing array others"):
+        Reference.load(str(path), spec(4, known_wrong=["iq_othnccd"]), 3)
+
+
+def test_the_fit_learns_a_known_wrong_kind_as_one_more_class():
+    """fit(others=...) equals a fit in which the kind's rows are one more class: same shared
+    covariance, the kind's mean kept apart from the class means; its unseen rows are flagged."""
+    from training.wrong_input import fit
+
+    f, y, stats = _features(n=3000, c=4)
+    mine, other = y < 3, y == 3
+    ref, _ = fit(f[mine], y[mine], stats[mine], 3, others=[("kind", f[other][:500])])
+    joint, _ = fit(np.concatenate([f[mine], f[other][:500]]), np.concatenate([y[mine], y[other][:500]]),
+                   stats[mine], 4)
+    np.testing.assert_allclose(ref.precision, joint.precision, rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate([ref.means, ref.others]), joint.means, rtol=1e-6)
+    assert ref.other_names == ("kind",)
+    assert (ref.nearest(f[other][500:])[1] == 0).mean() > 0.95
+    assert (ref.nearest(f[mine])[1] >= 0).mean() < 0.05
+
+
+def test_the_threshold_counts_images_nearer_a_known_wrong_kind_as_flagged():
+    from training.wrong_input import fit, rate, set_threshold
+
+    f, y, stats = _features(n=3000, c=4)
+    mine = y < 3
+    ref, _ = fit(f[mine], y[mine], stats[mine], 3, others=[("kind", f[y == 3])])
+    nearer = ref.nearest(f[mine])[1] >= 0
+    set_threshold(ref, stats[mine], f[mine], 0.10)
+    assert rate(ref, stats[mine], f[mine])["flagged"] <= 0.10
+    assert ((ref.distances(f[mine]) > ref.threshold) | nearer).mean() <= 0.10
+
+
 # ---------------------------------------------------------------- with a trained bundle
 
 def noise(path, seed):

@@ -173,6 +173,13 @@ def _wrong_input(meta):
         text += (" Images of another kind used to measure it: " + ", ".join(f"`{d}`" for d in w["ood_data"])
                  + " (all files under each folder, up to 400, seeded sample), and synthetic images made by "
                  "`training/wrong_input.py`.")
+    if w.get("known_wrong"):
+        text += (" Known wrong kinds the check learned (their mean features join the reference, and an image "
+                 "nearer to one of them than to every class mean is flagged): "
+                 + ", ".join(f"`{d}`" for d in w.get("known_wrong_data", w["known_wrong"]))
+                 + "; each is measured out of fold (every group of its images against a reference fitted "
+                 "without that group), so its rate is that of new scans of the same source, not of every other "
+                 "source of the kind.")
     if w.get("notes"):
         text += f"\n\n{w['notes']}"
     if w.get("command"):

@@ -378,6 +378,8 @@ def web_reference(reference, folder, precision_dtype="float32"):
         precision        float32 (D, D)            upper triangle, row after row: (i, j) for j >= i
                          (float64 where float32 would move a distance beyond the tolerance:
                          Reference.precision_dtype, as for the .npz)
+        others           float64 (K, D)            full; only when the check knows wrong kinds
+                         (their names: metadata.json's wrong_input.known_wrong)
     """
     d = reference.feature_dim
     packed = reference.arrays(precision_dtype)  # the .npz's arrays: the precision's upper triangle
@@ -385,6 +387,8 @@ def web_reference(reference, folder, precision_dtype="float32"):
              ("stats_mean", "float64", packed["stats_mean"], "full"),
              ("stats_precision", "float64", packed["stats_precision"], "full"),
              ("precision", precision_dtype, packed["precision"], "upper")]
+    if "others" in packed:
+        parts.append(("others", "float64", packed["others"], "full"))
     arrays, data, offset = [], [], 0
     for name, dtype, a, layout in parts:
         raw = np.ascontiguousarray(a, np.dtype(dtype).newbyteorder("<")).tobytes()
@@ -430,11 +434,12 @@ def check_web_reference(reference, arrays, features):
     from lungclf.wrong_input import Reference
 
     web = Reference(arrays["means"], arrays["precision"], arrays["stats_mean"], arrays["stats_precision"],
-                    threshold=reference.threshold)
-    d_ref, d_web = reference.distances(features), web.distances(features)
+                    threshold=reference.threshold, others=arrays.get("others"), other_names=reference.other_names)
+    (d_ref, o_ref), (d_web, o_web) = reference.nearest(features), web.nearest(features)
     largest = float(np.abs(d_ref - d_web).max())
     return {"largest_distance_difference": largest, "relative": largest / float(reference.threshold),
-            "same_verdict": int(((d_ref > reference.threshold) == (d_web > reference.threshold)).sum())}
+            "same_verdict": int((((d_ref > reference.threshold) == (d_web > reference.threshold))
+                                 & (o_ref == o_web)).sum())}
 
 
 def export(folder, out=None, opset=OPSET, tolerance=None):

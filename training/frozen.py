@@ -375,6 +375,6 @@ def train(recipe, out, prepared, pre, config, command=""):
                               baseline=estimate.get("baseline"), split_prepared=prepared,
                               calibration="temperature scaling on the out-of-fold logits (group k-fold)")
     meta = wrong_input.fit_bundle_out_of_fold(out, model, prepared, recipe, feats[0], stats, cv["folds"],
-                                              command=command)
+                                              command=command, known=wrong_input.known_wrong(recipe, spec))
     print(f"wrote bundle {out} ({meta['model']['bytes'] / 1e6:.1f} MB model) in {seconds:.0f} s")
     return meta

@@ -6,7 +6,7 @@
 
 A recipe file is TOML (read with the standard library's tomllib), one key per field of
 `Recipe` below; a key left out takes the default shown there. Paths: `data` and every
-`ood_data` entry are relative to the repository root (or absolute), `groups` to the data
+`ood_data` and `known_wrong_data` entry are relative to the repository root (or absolute), `groups` to the data
 folder. Command-line flags of training.train override single fields.
 
 Every bundle keeps the recipe that made it, resolved (every field), as `recipe.json`; the
@@ -84,6 +84,7 @@ class Recipe:
     wrong_input_shrinkage: float | None = None  # None: Ledoit-Wolf's own
     wrong_input_notes: str = ""
     ood_data: list[str] = field(default_factory=list)  # folders of other kinds, to measure it on
+    known_wrong_data: list[str] = field(default_factory=list)  # folders of wrong kinds the check learns (frozen)
     ood_limit: int = 400
     examples: int = 6  # held-out images copied into the bundle
 
@@ -160,6 +161,11 @@ class Recipe:
              "train_blocks fine-tunes a pretrained backbone: set weights (e.g. efficientnet-lite0)")
         need(self.method == "frozen" or self.arch not in ("astra", "lite0+astra"),
              f"arch '{self.arch}' is for method 'frozen' only (fine-tuning it is not supported)")
+        need(not self.known_wrong_data or self.method == "frozen",
+             "known_wrong_data is learned from cached frozen features: method 'frozen' only")
+        both = sorted(set(map(os.path.normpath, self.known_wrong_data)) & set(map(os.path.normpath, self.ood_data)))
+        need(not both, f"{', '.join(both)}: in both ood_data (measured only) and known_wrong_data (learned, "
+                       "measured out of fold); name it once")
         if self.method == "frozen":
             need(self.weights is not None, "method 'frozen' needs pretrained weights (e.g. efficientnet-lite0)")
             need(self.folds >= 2, "method 'frozen' estimates by group k-fold: set folds (e.g. 5)")
@@ -178,6 +184,9 @@ class Recipe:
 
     def ood_dirs(self):
         return [d if os.path.isabs(d) else os.path.join(ROOT, d) for d in self.ood_data]
+
+    def known_wrong_dirs(self):
+        return [d if os.path.isabs(d) else os.path.join(ROOT, d) for d in self.known_wrong_data]
 
 
 def repo_path(path):
@@ -264,10 +273,13 @@ HELP = {
     "wrong_input_notes": "a sentence for the card's wrong-input section (how the settings were chosen)",
     "ood_data": "a folder of images of another kind, to measure the wrong-input check on; repeatable",
     "ood_limit": "most images read from each --ood-data folder (seeded sample)",
+    "known_wrong_data": "frozen: a folder of images of a wrong kind (another CT data set, say) that the check "
+                        "learns: nearer to its mean than to every class mean is flagged; measured out of fold "
+                        "by group; repeatable",
     "examples": "held-out images copied into BUNDLE/examples/ (0: none)",
 }
 WRONG_INPUT_FIELDS = ("wrong_input_quantile", "wrong_input_shrinkage", "wrong_input_notes", "ood_data",
-                      "ood_limit", "examples")
+                      "ood_limit", "known_wrong_data", "examples")
 
 
 def add_arguments(parser, names=None):
@@ -285,7 +297,7 @@ def add_arguments(parser, names=None):
         kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": HELP[f.name]}
         if tp is bool:
             group.add_argument(flag, action="store_true", **kw)
-        elif f.name == "ood_data":
+        elif f.name in ("ood_data", "known_wrong_data"):
             group.add_argument(flag, action="append", metavar="DIR", **kw)
         elif getattr(tp, "__origin__", None) is list:
             group.add_argument(flag, nargs="+", metavar="VIEW", **kw)
@@ -303,8 +315,9 @@ def overrides(args, names=None):
              if hasattr(args, f.name) and (names is None or f.name in names)}
     if "data" in given:
         given["data"] = repo_path(given["data"])
-    if "ood_data" in given:
-        given["ood_data"] = [repo_path(d) for d in given["ood_data"]]
+    for name in ("ood_data", "known_wrong_data"):
+        if name in given:
+            given[name] = [repo_path(d) for d in given[name]]
     return given
 
 

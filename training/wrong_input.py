@@ -21,6 +21,10 @@ if they differ; flags override the recipe's wrong-input settings. Then:
   3. measures the share flagged on held-out images (false warnings), on synthetic wrong
      inputs made here (noise, flat, gradients, text) and on every ood_data folder (images
      of another kind: all files under it, up to ood_limit, seeded);
+     A frozen recipe's known_wrong_data folders (images of a wrong kind, such as another
+     CT data set) are learned too: each is one more class of the Gaussian model (its mean
+     joins the reference; an image nearer to it than to every class mean is flagged), and
+     each is measured out of fold by its groups;
   4. writes BUNDLE/wrong_input.npz, the `wrong_input` block of metadata.json, up to
      `examples` held-out images into BUNDLE/examples/ and re-renders the card.
 
@@ -169,14 +173,16 @@ def shrunk_covariance(scatter, quartic, n, shrinkage=None):
     return cov, float(shrinkage)
 
 
-def fit(train_features, train_labels, train_stats, n_classes, modality="", shrinkage=None):
+def fit(train_features, train_labels, train_stats, n_classes, modality="", shrinkage=None, others=()):
     """The reference, without its feature threshold: class means and shared shrinkage
     precision of the features (Ledoit-Wolf's own shrinkage, or `shrinkage` towards a scaled
     identity); mean, precision and threshold of the pixel statistics; colour range.
     `train_features` (N, D): an array, or rows on disk (split_features with a folder):
     read in two passes of BLOCK rows (class means, then the centred scatter and fourth
     moment), so memory holds (D, D) sums, never the rows. `train_stats`: the training images'
-    pixel statistics (lungclf.wrong_input.pixel_stats), 8 numbers an image.
+    pixel statistics (lungclf.wrong_input.pixel_stats), 8 numbers an image. `others`:
+    [(name, features (n, D))] of known wrong kinds: each is one more class of the Gaussian
+    model (its mean joins the reference as a wrong kind's, its rows the shared covariance).
     Returns (reference, the shrinkage used)."""
     from scipy.linalg import pinvh
     from sklearn.covariance import LedoitWolf
@@ -185,16 +191,21 @@ def fit(train_features, train_labels, train_stats, n_classes, modality="", shrin
     missing = [c for c in range(n_classes) if not (y == c).any()]
     if missing:
         raise DataError(f"the training split has no image of class(es) {missing}: cannot fit the check")
-    means, _ = class_moments(train_features, y, n_classes)
-    cov, used = shrunk_covariance(*centred_scatter(train_features, y, means), shrinkage)
+    rows = train_features
+    if others:  # in memory (frozen recipes only): the kinds' rows are classes n_classes, n_classes + 1, ...
+        rows = np.concatenate([np.asarray(train_features, np.float32)] + [np.asarray(f, np.float32) for _, f in others])
+        y = np.concatenate([y] + [np.full(len(f), n_classes + k) for k, (_, f) in enumerate(others)])
+    means, _ = class_moments(rows, y, n_classes + len(others))
+    cov, used = shrunk_covariance(*centred_scatter(rows, y, means), shrinkage)
     stats = np.asarray(train_stats, np.float64)
     colour = stats[:, 6]
     lo, hi = np.quantile(colour, [0.001, 0.999])
     # A margin on both sides: half the lowest colourfulness seen, and 1.5 times the highest
     # plus 4 (JPEG colour noise on grey images).
     slw = LedoitWolf().fit(stats)
-    ref = Reference(means, pinvh(cov, check_finite=False), slw.location_, slw.precision_,
-                    colour_range=(float(lo / 2), float(hi * 1.5 + 4)), modality=modality)
+    ref = Reference(means[:n_classes], pinvh(cov, check_finite=False), slw.location_, slw.precision_,
+                    colour_range=(float(lo / 2), float(hi * 1.5 + 4)), modality=modality,
+                    others=means[n_classes:] if others else None, other_names=tuple(n for n, _ in others))
     # Pixel statistics flag only what is beyond every training image, by a quarter.
     ref.stats_threshold = float(mahalanobis(stats, ref.stats_mean, ref.stats_precision).max() * 1.25)
     return ref, used
@@ -208,14 +219,17 @@ def flags(ref, stats, feats):
     return tuple(np.concatenate(a) for a in zip(*parts))
 
 
-def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None):
+def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None, nearer=None):
     """The feature threshold: the lowest at which at most `quantile` of the validation images
     (their pixel statistics and features) is flagged by any of the checks (colour and pixel
-    flags count too); `distances` replaces the features' distances to ref (out-of-fold
-    distances, each to the reference of a fold that did not see it). Returns ref."""
+    flags, and nearness to a known wrong kind, count too); `distances` and `nearer` replace
+    the features' distances to ref and their nearer-to-a-wrong-kind flags (out of fold: each
+    from the reference of a fold that did not see it). Returns ref."""
     by_colour, by_pixels, _, dist, _ = flags(ref, val_stats, val_features)
     dist = dist if distances is None else np.asarray(distances)
-    cheap = by_colour | by_pixels
+    if nearer is None:
+        nearer = ref.nearest(val_features)[1] >= 0 if ref.others is not None else np.zeros(len(dist), bool)
+    cheap = by_colour | by_pixels | np.asarray(nearer)
     threshold = float(dist.max()) * 1.0001
     for t in np.sort(dist)[::-1]:
         if (cheap | (dist > t)).mean() > quantile:
@@ -225,12 +239,12 @@ def set_threshold(ref, val_stats, val_features, quantile=0.05, distances=None):
     return ref
 
 
-def rate(ref, stats, feats, distances=None):
+def rate(ref, stats, feats, distances=None, nearer=None):
     """{"images", "flagged", "by_colour", "by_pixels", "by_features"} of a set (its pixel
-    statistics and features; `distances` as in set_threshold): shares flagged."""
+    statistics and features; `distances` and `nearer` as in set_threshold): shares flagged."""
     by_colour, by_pixels, by_features, _, _ = flags(ref, stats, feats)
     if distances is not None:
-        by_features = np.asarray(distances) > ref.threshold
+        by_features = (np.asarray(distances) > ref.threshold) | (False if nearer is None else np.asarray(nearer))
     share = lambda m: round(float(m.mean()), 4) if len(stats) else None  # noqa: E731
     return {"images": int(len(stats)), "flagged": share(by_colour | by_pixels | by_features),
             "by_colour": share(by_colour), "by_pixels": share(by_pixels), "by_features": share(by_features)}
@@ -362,32 +376,79 @@ def fit_on_splits(model, data, modality="", shrinkage=None, quantile=0.05):
     return ref, shrinkage, rates, te, ok
 
 
-def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, command=None, log=print):
+def known_wrong(recipe, spec, log=print):
+    """[(name, features (n, D), pixel statistics (n, 8), groups (n,))] of each of the recipe's
+    known_wrong_data folders: every image the audit keeps (its groups: copies and neighbouring
+    slices together), through the frozen network `spec` (training.frozen.Spec), cached."""
+    from training import frozen, steps
+
+    out = []
+    for folder in recipe.known_wrong_dirs():
+        name = os.path.basename(os.path.normpath(folder))
+        log(f"wrong-input check: known wrong kind {name} ({repo_path(folder)})")
+        other = steps.prepare(folder, recipe.image_size, val_fraction=0, test_fraction=0, seed=recipe.seed,
+                              drop_conflicts=True, decode=False)
+        feats, stats = frozen.features(spec, other.data_dir, other.paths, ["identity"], other.report["fingerprint"])
+        out.append((name, np.asarray(feats[0]), np.asarray(stats), np.asarray(other.groups)))
+    return out
+
+
+def known_wrong_rates(ref, fit_args, known, folds, seed, shrinkage=None):
+    """{name: rate} of each known wrong kind, OUT OF FOLD by group: each fold of its groups is
+    measured against a reference whose mean of that kind was fitted without them (the other
+    kinds whole), at ref's threshold. `fit_args`: (features, labels, stats, n_classes, modality)
+    of the images the model was fitted on."""
+    from training.split import group_folds
+
+    out = {}
+    for k, (name, feats, stats, groups) in enumerate(known):
+        parts = []
+        for train, test in group_folds(np.zeros(len(groups), int), groups, folds, seed):
+            kinds = [(n, f[train] if j == k else f) for j, (n, f, _, _) in enumerate(known)]
+            fold_ref, _ = fit(*fit_args, shrinkage=shrinkage, others=kinds)
+            fold_ref.threshold = ref.threshold
+            parts.append(np.stack(flags(fold_ref, stats[test], feats[test])[:3]))
+        by = np.concatenate(parts, axis=1)  # (3, n): colour, pixels, features
+        share = lambda m: round(float(m.mean()), 4)  # noqa: E731
+        out[f"{name} (known wrong kind, out of fold by group)"] = {
+            "images": int(by.shape[1]), "flagged": share(by.any(axis=0)), "by_colour": share(by[0]),
+            "by_pixels": share(by[1]), "by_features": share(by[2]), "folds": folds,
+            "groups": int(len(np.unique(groups)))}
+    return out
+
+
+def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, command=None, log=print, known=()):
     """The check of a frozen bundle: the threshold from OUT-OF-FOLD distances (each image's
     distance to a reference fitted on the folds that did not hold it, for the first fold
     assignment), so that about `wrong_input_quantile` of new groups are flagged; the
     reference itself fitted on every image the shipped model was fitted on. `feats` (N, D),
-    `stats` (N, 8): of every image; `folds`: frozen.cross_validate's [(seed, k, test)]."""
+    `stats` (N, 8): of every image; `folds`: frozen.cross_validate's [(seed, k, test)];
+    `known`: known_wrong()'s kinds, learned by the reference and measured out of fold."""
     y, split = np.asarray(data.y), np.asarray(data.split)
     meta = _read_meta(bundle)
     modality, n = meta["task"]["modality"], len(data.labels)
-    oof = np.zeros(len(y))
+    kinds = [(name, f) for name, f, _, _ in known]
+    oof, nearer = np.zeros(len(y)), np.zeros(len(y), bool)
     first = [test for s, _, test in folds if s == 0]
     log(f"wrong-input check: out-of-fold distances over {len(first)} folds")
     for test in first:
         train = np.setdiff1d(np.arange(len(y)), test)
-        fold_ref, _ = fit(feats[train], y[train], stats[train], n, modality, recipe.wrong_input_shrinkage)
-        oof[test] = fold_ref.distances(feats[test])
+        fold_ref, _ = fit(feats[train], y[train], stats[train], n, modality, recipe.wrong_input_shrinkage, kinds)
+        oof[test], other = fold_ref.nearest(feats[test])
+        nearer[test] = other >= 0
     fit_rows = split == "train"
-    ref, shrinkage = fit(feats[fit_rows], y[fit_rows], stats[fit_rows], n, modality, recipe.wrong_input_shrinkage)
-    set_threshold(ref, stats, feats, recipe.wrong_input_quantile, distances=oof)
+    fit_args = (feats[fit_rows], y[fit_rows], stats[fit_rows], n, modality)
+    ref, shrinkage = fit(*fit_args, shrinkage=recipe.wrong_input_shrinkage, others=kinds)
+    set_threshold(ref, stats, feats, recipe.wrong_input_quantile, distances=oof, nearer=nearer)
     te = split == "test"
-    rates = {"out_of_fold": rate(ref, stats, feats, distances=oof), "examples": rate(ref, stats[te], feats[te])}
+    rates = {"out_of_fold": rate(ref, stats, feats, distances=oof, nearer=nearer),
+             "examples": rate(ref, stats[te], feats[te])}
     ok = ~np.any(ref.flags_of(stats[te], feats[te])[:3], axis=0)
+    known_rates = known_wrong_rates(ref, fit_args, known, len(first), recipe.seed, recipe.wrong_input_shrinkage)
     return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
                   f"images the model was fitted on ({int(fit_rows.sum())}); threshold from the out-of-fold "
                   f"distances of all {len(y)} images (group {len(first)}-fold)", command, log,
-                  ref.precision_dtype(feats))
+                  ref.precision_dtype(feats), known_rates)
 
 
 def _read_meta(bundle):
@@ -398,22 +459,31 @@ def _read_meta(bundle):
 
 
 def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fitted_on, command, log,
-           precision_dtype="float64"):
+           precision_dtype="float64", known_rates=None):
     """Measure the wrong inputs, write wrong_input.npz (its precision in precision_dtype), the
-    examples and the metadata block."""
+    examples and the metadata block. `known_rates`: the known wrong kinds', measured out of fold."""
     sets = wrong_input_sets(ref_size(model), recipe.ood_dirs(), ood_limit=recipe.ood_limit, seed=recipe.seed)
-    rates["wrong_inputs"] = measure(ref, model, sets)
+    rates["wrong_inputs"] = measure(ref, model, sets) | (known_rates or {})
     quantile = recipe.wrong_input_quantile
     digest = ref.save(os.path.join(bundle, FILE), precision_dtype)
     meta["wrong_input"] = {
         "file": FILE, "sha256": digest, "feature_dim": int(ref.feature_dim),
         "threshold": ref.threshold, "quantile": quantile, "colour_range": list(ref.colour_range),
         "stats_threshold": ref.stats_threshold,
-        "method": _method(quantile, shrinkage, recipe.wrong_input_shrinkage is None, "out_of_fold" in rates),
+        "method": _method(quantile, shrinkage, recipe.wrong_input_shrinkage is None, "out_of_fold" in rates)
+        + (f"; or nearer to the mean features of a known wrong kind ({', '.join(ref.other_names)}: one more "
+           "class of the same Gaussian model) than to every class mean" if ref.other_names else ""),
         "fitted_on": fitted_on, "shrinkage": round(shrinkage, 4),
         "ood_data": list(recipe.ood_data), "rates": rates,
-    } | ({"command": command} if command else {}) | ({"notes": recipe.wrong_input_notes}
+    } | ({"known_wrong": list(ref.other_names), "known_wrong_data": list(recipe.known_wrong_data)}
+         if ref.other_names else {}) | ({"command": command} if command else {}) | ({"notes": recipe.wrong_input_notes}
                                                      if recipe.wrong_input_notes else {})
+    if meta.get("recipe"):  # the recipe as this check was fitted (flags of the refit override fields)
+        from lungclf.bundle import sha256
+        from training.recipe import FILE as RECIPE_FILE
+
+        write_json(os.path.join(bundle, RECIPE_FILE), recipe.to_dict())
+        meta["recipe"]["sha256"] = sha256(os.path.join(bundle, RECIPE_FILE))
     test_paths = [p for p, m in zip(data.paths, te) if m]
     test_labels = [data.labels[c] for c in np.asarray(data.y)[te]]
     meta["examples"] = write_examples(bundle, data.data_dir, test_paths, test_labels, ok, recipe.examples, recipe.seed)
@@ -497,7 +567,7 @@ def main(argv=None):
                                            prepared.report["fingerprint"])
             cv = frozen.cross_validate(feats, prepared.y, prepared.groups, recipe.folds, 1, recipe.C, recipe.seed)
             return fit_bundle_out_of_fold(args.bundle, model, prepared, recipe, feats[0], stats, cv["folds"],
-                                          command=command)
+                                          command=command, known=known_wrong(recipe, spec))
         from training import steps
 
         return steps.fit_wrong_input(args.bundle, model, prepared, recipe, command=command)

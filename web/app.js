@@ -334,21 +334,25 @@ export function reference(header, buffer, spec, modality) {
     const Type = a.dtype === "float64" ? Float64Array : Float32Array;
     arrays[a.name] = new Type(buffer.slice(a.offset, a.offset + a.bytes));
   }
-  const d = header.feature_dim, means = [];
-  for (let c = 0; c < header.classes; c++) {
-    const m = arrays.means.subarray(c * d, (c + 1) * d), pm = packedTimes(arrays.precision, d, m);
-    means.push({ m, pm, mpm: dot(m, pm) });
-  }
-  return { d, means, packed: arrays.precision, statsMean: arrays.stats_mean, statsPrecision: arrays.stats_precision,
+  const d = header.feature_dim, prepared = (all, n) => Array.from({ length: n }, (_, c) => {
+    const m = all.subarray(c * d, (c + 1) * d), pm = packedTimes(arrays.precision, d, m);
+    return { m, pm, mpm: dot(m, pm) };
+  });
+  const otherNames = spec.known_wrong || [];
+  return { d, means: prepared(arrays.means, header.classes), others: arrays.others ? prepared(arrays.others, otherNames.length) : [],
+           otherNames, packed: arrays.precision, statsMean: arrays.stats_mean, statsPrecision: arrays.stats_precision,
            threshold: spec.threshold, statsThreshold: spec.stats_threshold, colourRange: spec.colour_range,
            quantile: spec.quantile, modality };
 }
 
-/** Mahalanobis distance of the features to the nearest class mean. */
+/** Mahalanobis distance of the features to the nearest class mean, and the index of the nearest
+ * known wrong kind when it is nearer still (else -1): lungclf.wrong_input.Reference.nearest. */
 export function featureDistance(ref, features) {
   const f = Float64Array.from(features), pf = packedTimes(ref.packed, ref.d, f), fpf = dot(f, pf);
-  const q = Math.min(...ref.means.map(({ pm, mpm }) => fpf - 2 * dot(f, pm) + mpm));
-  return Math.sqrt(Math.max(q, 0));
+  const sq = ({ pm, mpm }) => fpf - 2 * dot(f, pm) + mpm;
+  const q = Math.min(...ref.means.map(sq)), qo = ref.others.map(sq);
+  const o = qo.length && Math.min(...qo) < q ? qo.indexOf(Math.min(...qo)) : -1;
+  return { distance: Math.sqrt(Math.max(q, 0)), other: o };
 }
 
 function statsDistance(ref, stats) {
@@ -361,7 +365,7 @@ function statsDistance(ref, stats) {
 /** lungclf.wrong_input.Reference.check for one image: the same checks, order and words. */
 export function verdict(ref, stats, features) {
   const kind = kindOf(ref.modality), [lo, hi] = ref.colourRange, col = stats[6];
-  const score = featureDistance(ref, features);
+  const { distance: score, other } = featureDistance(ref, features);
   let check = "features", why = "";
   if (!(col >= lo && col <= hi)) {
     check = "colour";
@@ -369,6 +373,8 @@ export function verdict(ref, stats, features) {
   } else if (statsDistance(ref, stats) > ref.statsThreshold) {
     check = "pixels";
     why = `Its brightness, colours and edges are unlike those of any ${kind.slice(0, -1)} the model was trained on.`;
+  } else if (other >= 0) {
+    why = `What the network sees in it is nearer to the ${ref.otherNames[other]} images it was shown as wrong input than to anything it learned.`;
   } else if (score > ref.threshold) {
     why = `What the network sees in it is far from everything it learned: distance ${score.toFixed(1)}, where ` +
           `${ref.threshold.toFixed(1)} is the limit (set so that ${Math.round((1 - ref.quantile) * 100)}% of the validation images pass).`;
