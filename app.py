@@ -210,6 +210,8 @@ def notice(verdict, modality):
     numbers = (f"How far what the network sees in this image is from its training images: "
                f"**{verdict.score:.1f}**; images farther than {verdict.threshold:.1f} are flagged, a limit "
                f"that about 1 in 20 real {kind} cross (a false warning).")
+    if verdict.wrong_input and verdict.check == "features" and verdict.score <= verdict.threshold:
+        numbers += " This image is within that limit: it was flagged for the reason above."
     if verdict.wrong_input:
         return (f"### ⚠ Not reliable\n**{verdict.message}**\n\n"
                 f"<small>Check that failed: {verdict.check}. {numbers} "

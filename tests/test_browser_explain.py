@@ -92,6 +92,21 @@ def test_wrong_input_shows_the_warning_beside_the_label_and_a_heatmap(default_se
     save_doc(page, tmp_path, "screenshot-warning.png")
 
 
+def test_a_slice_of_the_other_ct_set_is_flagged_by_chest_cts_known_wrong_kind(default_server, page):
+    """chest_ct's check learned IQ-OTH/NCCD's slices as a known wrong kind: one of them (a real
+    slice from ../shared/data) gets the warning that names it, and the words say why a score
+    within the limit was flagged."""
+    slice_ = os.path.join(ROOT, "..", "shared", "data", "iq_othnccd", "normal", "Normal case (1).jpg")
+    if not os.path.isfile(slice_):
+        pytest.skip("../shared/data/iq_othnccd is not beside the checkout")
+    zone = open_app(page, default_server.url)
+    choose_model(page, "chest_ct")
+    drop_file(page, zone, slice_, "image/jpeg")
+    shown_label(page)
+    notice(page).filter(has_text="nearer to the iq_othnccd images it was shown as wrong input").wait_for()
+    assert "This image is within that limit: it was flagged for the reason above." in notice(page).inner_text()
+
+
 def test_clicking_an_example_shows_its_true_class_a_label_a_heatmap_and_no_warning(default_server, page,
                                                                                    tmp_path):
     open_app(page, default_server.url)

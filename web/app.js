@@ -505,8 +505,11 @@ function summary(bundle) {
 function notice(v, modality) {
   if (v.check === "none") return `<small>${esc(v.message)}</small>`;
   const kind = kindOf(modality);
-  const numbers = `How far what the network sees in this image is from its training images: <b>${v.score.toFixed(1)}</b>; ` +
+  let numbers = `How far what the network sees in this image is from its training images: <b>${v.score.toFixed(1)}</b>; ` +
     `images farther than ${v.threshold.toFixed(1)} are flagged, a limit that about 1 in 20 real ${esc(kind)} cross (a false warning).`;
+  if (v.wrong_input && v.check === "features" && v.score <= v.threshold) {
+    numbers += " This image is within that limit: it was flagged for the reason above.";
+  }
   if (v.wrong_input) {
     return `<h3>⚠ Not reliable</h3><p><b>${esc(v.message)}</b></p><p><small>Check that failed: ${v.check}. ${numbers} ` +
       "The label below is what the model would say, shown only for teaching.</small></p>";
