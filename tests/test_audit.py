@@ -88,6 +88,22 @@ def test_size_shortcut_is_reported(planted):
     assert any("shortcut: width" in w for w in planted["report"]["warnings"])
 
 
+def test_a_folder_of_one_kind_is_grouped_with_no_shortcut_to_report(planted, tmp_path):
+    """A recipe's known_wrong_data folder has one label: the audit still groups its copies,
+    and a property shared by every image predicts nothing."""
+    from training.data import Item
+
+    blue = os.path.join(planted["root"], "blue")
+    shutil.copy(os.path.join(blue, "blue_00.png"), tmp_path / "copy.png")
+    shutil.copytree(blue, tmp_path / "kind")
+    shutil.copy(tmp_path / "copy.png", tmp_path / "kind" / "blue_00_copy.png")
+    paths = sorted(os.listdir(tmp_path / "kind"))
+    report = audit.run(str(tmp_path / "kind"), [Item(p, "kind") for p in paths], progress=False)
+    assert not any(w.startswith("shortcut") for w in report["warnings"])
+    group = dict(zip((it["path"] for it in report["items"]), report["group"]))
+    assert group["blue_00.png"] == group["blue_00_copy.png"] and len(set(group.values())) == PER_CLASS
+
+
 def test_outputs_are_written_with_the_promised_keys(planted):
     out = planted["out"]
     with open(os.path.join(out, "audit.json")) as f:

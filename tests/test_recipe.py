@@ -113,6 +113,34 @@ def test_a_frozen_recipe_writes_a_cross_validated_bundle_that_serves(tmp_path):
     assert "Cross-validated macro-F1" in open(os.path.join(out, "README.md"), encoding="utf-8").read()
 
 
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_frozen_recipe_learns_its_known_wrong_kinds_and_measures_them_out_of_fold(tmp_path):
+    """known_wrong_data: the folder's mean joins the check's reference (the .npz's `others`,
+    named in the metadata), and its images are measured by its own groups, out of fold."""
+    from lungclf.bundle import load
+    from scripts.synthetic import preset_image
+    from training.train import main
+
+    data = make_dataset(str(tmp_path / "data"), per_class=12)
+    kind = tmp_path / "tiles" / "tile"
+    kind.mkdir(parents=True)
+    for i in range(15):
+        preset_image("tile", i % 3, seed=100 + i).save(kind / f"t{i}.png")
+    out = str(tmp_path / "bundle")
+    meta = main(["--data", data, "--out", out, "--method", "frozen", "--weights", "efficientnet-lite0",
+                 "--arch", "lite0", "--image-size", "32", "--folds", "3", "--fold-seeds", "1",
+                 "--examples", "3", "--known-wrong-data", str(tmp_path / "tiles"), "--verbose", "0"])
+    w = meta["wrong_input"]
+    assert w["known_wrong"] == ["tiles"]
+    measured = w["rates"]["wrong_inputs"]["tiles (known wrong kind, out of fold by group)"]
+    assert measured["images"] == 15 and measured["folds"] == 3 and measured["flagged"] >= 0.9
+    assert w["rates"]["out_of_fold"]["flagged"] <= 0.15  # the threshold counts the kind's flags too
+    ref = load(out).reference
+    assert ref.other_names == ("tiles",) and ref.others.shape == (1, ref.feature_dim)
+    assert Recipe.from_bundle(out).known_wrong_data == [str(tmp_path / "tiles")]
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[os.path.basename(p) for p in RECIPES])
 def test_each_committed_bundle_keeps_the_recipe_file_that_made_it(path):
     name = os.path.splitext(os.path.basename(path))[0]

@@ -662,7 +662,8 @@ def _cue_table(items, info, groups, seed):
             tree = DecisionTreeClassifier(max_depth=4, min_samples_leaf=3, random_state=seed)
             pred = cross_val_predict(tree, np.asarray(x, np.float64), labels, groups=groups, cv=cv)
             row["accuracy"] = round(float((pred == labels).mean()), 4)
-        row["give_aways"] = _give_aways(kinds.get(name, []), labels)
+        # One class (a folder of one kind, as known_wrong_data reads): nothing to give away.
+        row["give_aways"] = _give_aways(kinds.get(name, []), labels) if len(set(labels)) > 1 else []
         given = sum(g["images"] for g in row["give_aways"])
         row["warning"] = bool((row["accuracy"] is not None and row["accuracy"] - chance >= SHORTCUT_MARGIN)
                               or given >= max(GIVE_AWAY_MIN, 0.02 * len(labels)))

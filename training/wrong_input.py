@@ -378,18 +378,25 @@ def fit_on_splits(model, data, modality="", shrinkage=None, quantile=0.05):
 
 def known_wrong(recipe, spec, log=print):
     """[(name, features (n, D), pixel statistics (n, 8), groups (n,))] of each of the recipe's
-    known_wrong_data folders: every image the audit keeps (its groups: copies and neighbouring
-    slices together), through the frozen network `spec` (training.frozen.Spec), cached."""
-    from training import frozen, steps
+    known_wrong_data folders: every readable image anywhere under it (class folders or none),
+    grouped by the audit (copies and neighbouring slices together), through the frozen
+    network `spec` (training.frozen.Spec), cached."""
+    from training import audit, frozen
+    from training.data import Item
 
     out = []
     for folder in recipe.known_wrong_dirs():
         name = os.path.basename(os.path.normpath(folder))
-        log(f"wrong-input check: known wrong kind {name} ({repo_path(folder)})")
-        other = steps.prepare(folder, recipe.image_size, val_fraction=0, test_fraction=0, seed=recipe.seed,
-                              drop_conflicts=True, decode=False)
-        feats, stats = frozen.features(spec, other.data_dir, other.paths, ["identity"], other.report["fingerprint"])
-        out.append((name, np.asarray(feats[0]), np.asarray(stats), np.asarray(other.groups)))
+        paths = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        if not paths:
+            raise DataError(f"known_wrong_data {repo_path(folder)}: no images found under it")
+        report = audit.run(folder, [Item(p, name) for p in paths], progress=False, seed=recipe.seed)
+        readable = [it["path"] for it in report["items"]]
+        log(f"wrong-input check: known wrong kind {name} ({repo_path(folder)}): {len(readable)} images in "
+            f"{len(set(report['group']))} groups")
+        feats, stats = frozen.features(spec, folder, readable, ["identity"], report["fingerprint"])
+        out.append((name, np.asarray(feats[0]), np.asarray(stats), np.asarray(report["group"])))
     return out
 
 
