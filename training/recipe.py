@@ -183,10 +183,15 @@ class Recipe:
         return None if self.groups is None else os.path.join(self.data_dir(), self.groups)
 
     def ood_dirs(self):
-        return [d if os.path.isabs(d) else os.path.join(ROOT, d) for d in self.ood_data]
+        return _from_root(self.ood_data)
 
     def known_wrong_dirs(self):
-        return [d if os.path.isabs(d) else os.path.join(ROOT, d) for d in self.known_wrong_data]
+        return _from_root(self.known_wrong_data)
+
+
+def _from_root(paths):
+    """Paths relative to the repository root (or absolute), as paths from here."""
+    return [d if os.path.isabs(d) else os.path.join(ROOT, d) for d in paths]
 
 
 def repo_path(path):

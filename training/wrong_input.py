@@ -245,8 +245,13 @@ def rate(ref, stats, feats, distances=None, nearer=None):
     by_colour, by_pixels, by_features, _, _ = flags(ref, stats, feats)
     if distances is not None:
         by_features = (np.asarray(distances) > ref.threshold) | (False if nearer is None else np.asarray(nearer))
-    share = lambda m: round(float(m.mean()), 4) if len(stats) else None  # noqa: E731
-    return {"images": int(len(stats)), "flagged": share(by_colour | by_pixels | by_features),
+    return shares(by_colour, by_pixels, by_features)
+
+
+def shares(by_colour, by_pixels, by_features):
+    """rate()'s dict from the three flags (N,) of a set's images."""
+    share = lambda m: round(float(m.mean()), 4) if len(m) else None  # noqa: E731
+    return {"images": int(len(by_colour)), "flagged": share(by_colour | by_pixels | by_features),
             "by_colour": share(by_colour), "by_pixels": share(by_pixels), "by_features": share(by_features)}
 
 
@@ -381,16 +386,17 @@ def known_wrong(recipe, spec, log=print):
     known_wrong_data folders: every readable image anywhere under it (class folders or none),
     grouped by the audit (copies and neighbouring slices together), through the frozen
     network `spec` (training.frozen.Spec), cached."""
+    from lungclf.predict import PredictError, find_images
     from training import audit, frozen
     from training.data import Item
 
     out = []
     for folder in recipe.known_wrong_dirs():
         name = os.path.basename(os.path.normpath(folder))
-        paths = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-        if not paths:
-            raise DataError(f"known_wrong_data {repo_path(folder)}: no images found under it")
+        try:  # the files `python -m lungclf.predict FOLDER` would read
+            paths = [os.path.relpath(p, folder) for p in find_images(folder)]
+        except PredictError as e:
+            raise DataError(f"known_wrong_data: {e}") from None
         report = audit.run(folder, [Item(p, name) for p in paths], progress=False, seed=recipe.seed)
         readable = [it["path"] for it in report["items"]]
         log(f"wrong-input check: known wrong kind {name} ({repo_path(folder)}): {len(readable)} images in "
@@ -416,11 +422,8 @@ def known_wrong_rates(ref, fit_args, known, folds, seed, shrinkage=None):
             fold_ref.threshold = ref.threshold
             parts.append(np.stack(flags(fold_ref, stats[test], feats[test])[:3]))
         by = np.concatenate(parts, axis=1)  # (3, n): colour, pixels, features
-        share = lambda m: round(float(m.mean()), 4)  # noqa: E731
-        out[f"{name} (known wrong kind, out of fold by group)"] = {
-            "images": int(by.shape[1]), "flagged": share(by.any(axis=0)), "by_colour": share(by[0]),
-            "by_pixels": share(by[1]), "by_features": share(by[2]), "folds": folds,
-            "groups": int(len(np.unique(groups)))}
+        out[f"{name} (known wrong kind, out of fold by group)"] = shares(*by) | {
+            "folds": folds, "groups": int(len(np.unique(groups)))}
     return out
 
 
