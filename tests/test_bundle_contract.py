@@ -95,6 +95,23 @@ def test_an_onnx_export_outside_its_tolerance_is_refused(bundle):
     assert "onnx.relative_difference: expected differences within onnx.tolerance" in refusal(verify, str(bundle))
 
 
+def test_float16_weights_are_held_to_their_probabilities_not_their_logits(bundle):
+    """An export that stores its weights as float16 (training/export.py) bounds the calibrated
+    probabilities, the features and the maps, not the logits (large on made-up images): the
+    contract accepts such an export within its tolerance and refuses one beyond it."""
+    def float16(probabilities):
+        def change(m):
+            m["onnx"].update(weights="float16", probabilities_difference=probabilities,
+                             tolerance={"probabilities": 0.02, "features": 0.02, "maps": 0.02})
+            m["onnx"]["relative_difference"].update(logits=0.12)
+        return change
+
+    edit(bundle, "metadata.json", float16(0.005))
+    verify(str(bundle))
+    edit(bundle, "metadata.json", float16(0.05))
+    assert "onnx.relative_difference: expected differences within onnx.tolerance" in refusal(verify, str(bundle))
+
+
 def test_an_input_size_the_model_does_not_have_is_refused_at_load(bundle):
     edit(bundle, "metadata.json", lambda m: m["preprocessing"].update(input_size=[96, 96, 3]))
     message = refusal(load, str(bundle))

@@ -27,14 +27,17 @@ def test_a_bundle_with_model_onnx_is_served_by_onnx_runtime_with_the_answers_of_
     assert (onnx.engine, keras.engine) == ("onnx", "keras")
     examples = sorted(glob.glob(os.path.join(folder, "examples", "*")))
     assert examples
+    # the export's tolerance: 1e-3 (float32 weights, on the logits), or the bound it holds
+    # float16 weights to (chest CT: 0.02 in probability, features and maps; training/export.py)
+    tolerance = bundle.meta.onnx.tolerance
     for path in examples:
         a, b = onnx.analyse(path), keras.analyse(path)
         assert list(a.probabilities) == list(b.probabilities)
         p, q = np.array(list(a.probabilities.values())), np.array(list(b.probabilities.values()))
-        assert np.abs(p - q).max() < 1e-3, path  # the export's tolerance on the logits
+        assert np.abs(p - q).max() < tolerance.get("probabilities", 1e-3), path
         assert a.verdict.wrong_input == b.verdict.wrong_input
-        assert abs(a.verdict.score - b.verdict.score) < 1e-3 * b.verdict.threshold
-        assert np.abs(a.cam - b.cam).max() <= 1e-3 * max(1.0, np.abs(b.cam).max())
+        assert abs(a.verdict.score - b.verdict.score) < tolerance["features"] * b.verdict.threshold
+        assert np.abs(a.cam - b.cam).max() <= tolerance["maps"] * max(1.0, np.abs(b.cam).max())
 
 
 def test_a_bundle_without_model_onnx_is_served_by_tensorflow(tmp_path):

@@ -78,6 +78,8 @@ def test_the_graph_is_what_the_page_reads(exported):
 
 @pytest.mark.slow
 def test_the_dict_for_metadata(exported):
+    from training.recipe import Recipe
+
     bundle, result, path = exported
     assert result["file"] == "model.onnx" and result["opset"] == 17
     assert result["sha256"] == sha256(path) and result["bytes"] == os.path.getsize(path)
@@ -85,11 +87,22 @@ def test_the_dict_for_metadata(exported):
     assert result["scale"]["logits"] == min(t for t in (bundle.temperature, bundle.meta.tta.temperature) if t)
     examples = len(os.listdir(os.path.join(bundle.folder, "examples")))
     assert result["checked_on"] >= examples + 10
+    # the conversion within 1e-3 of Keras; float16 weights (chest CT's recipe) then within their own bound
+    conversion = result.get("conversion", result)
     for k in ("logits", "features", "maps"):
-        assert 0 <= result["relative_difference"][k] <= result["tolerance"][k] == 1e-3
+        assert 0 <= conversion["relative_difference"][k] <= conversion["tolerance"][k] == 1e-3
+    assert result["weights"] == Recipe.from_bundle(bundle.folder).onnx_weights  # float16 for chest CT
+    if result["weights"] == "float16":
+        from training.export import FLOAT16_TOLERANCE
+
+        assert result["tolerance"] == FLOAT16_TOLERANCE
+        assert result["probabilities_difference"] <= FLOAT16_TOLERANCE["probabilities"]
+        for k in ("features", "maps"):
+            assert result["relative_difference"][k] <= FLOAT16_TOLERANCE[k]
+    else:
+        assert "conversion" not in result and result["probabilities_difference"] < 5e-4
     assert result["same_label"] == result["checked_on"]
     assert result["wrong_input"]["same_verdict"] == result["checked_on"]
-    assert result["probabilities_difference"] < 5e-4
     assert set(result["versions"]) == {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"}
     if bundle.meta.task.modality == "CT":  # the page's target: a CT model's download <= 20 MB
         assert result["bytes"] <= 20_000_000
@@ -158,6 +171,67 @@ def test_a_wrong_conversion_fails_and_writes_nothing(tmp_path, monkeypatch):
     assert damaged.sha256 == sha256(first)
     assert sorted(os.listdir(tmp_path / "a")) == ["model.onnx", "wrong_input.bin", "wrong_input.json"]
     assert os.listdir(tmp_path / "b") == []  # neither the model nor the page's reference
+
+
+def test_float16_storage_halves_large_constants_and_keeps_small_ones():
+    """store_float16: a constant of 4,096 values or more is stored as float16 and read back by
+    a Cast; a small one (a bias) stays float32; the graph computes what it did, within
+    float16's rounding, in half the bytes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.export import store_float16
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(128, 64)).astype(np.float32), rng.normal(size=(64,)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"float16-{os.getpid()}.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    try:
+        x = rng.normal(size=(1, 128)).astype(np.float32)
+        before, size = session(path).run(None, {"x": x})[0], os.path.getsize(path)
+        assert store_float16(path) == 1
+        proto = onnx.load(path)
+        stored = {t.name: t.data_type for t in proto.graph.initializer}
+        assert stored == {"w_float16": TensorProto.FLOAT16, "b": TensorProto.FLOAT}
+        assert [(n.op_type, list(n.input), list(n.output)) for n in proto.graph.node][0] == ("Cast", ["w_float16"], ["w"])
+        after = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert after.dtype == np.float32
+        np.testing.assert_allclose(after, before, atol=2e-3 * np.abs(before).max())
+        assert not np.array_equal(after, before)  # rounded: float16 keeps 11 bits
+        assert os.path.getsize(path) < 0.55 * size
+    finally:
+        os.remove(path)
+
+
+@pytest.mark.slow
+def test_a_float16_export_records_both_checks_and_its_recipe(tmp_path):
+    """--weights float16 on a copy of the default bundle: model.onnx in about half the bytes,
+    the float32 conversion held to 1e-3 and the stored weights to FLOAT16_TOLERANCE, every check
+    image with the same label and verdict; recorded, the bundle still verifies, its recipe.json
+    says onnx_weights = "float16", and its card says how the file is stored."""
+    import shutil
+
+    from lungclf.bundle import verify
+    from training import export as ex
+    from training.recipe import Recipe
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(os.path.join(ROOT, "models", "lc25000"), folder)
+    before = os.path.getsize(folder / "model.onnx")
+    result = ex.export(str(folder), weights="float16")
+    assert result["weights"] == "float16" and result["bytes"] < 0.6 * before
+    assert max(result["conversion"]["relative_difference"].values()) <= 1e-3
+    assert result["probabilities_difference"] <= ex.FLOAT16_TOLERANCE["probabilities"]
+    assert result["same_label"] == result["wrong_input"]["same_verdict"] == result["checked_on"]
+    ex.record(str(folder), result)
+    verify(str(folder))
+    assert Recipe.from_bundle(str(folder)).onnx_weights == "float16"
+    assert "its large weights stored as float16" in (folder / "README.md").read_text()
 
 
 def test_missing_packages_say_what_to_install(monkeypatch):

@@ -194,7 +194,7 @@ def _measured(meta):
     """A sentence or two on what the heatmap and the check cost, when they were measured."""
     m = meta.get("measured", {})
     h, s = m.get("heatmap"), m.get("serving")
-    out = []
+    out = [_served_file(meta)] if meta.get("onnx") else []
     if h:
         ms, x = h["ms"], h["ratio"]
         out.append(f"Cost, batch of 1 on {h['cores']} CPU cores at load {h['load']} (`{h['command']}`): "
@@ -205,6 +205,22 @@ def _measured(meta):
     if s:
         text += "\n\n" + _serving(s)
     return text
+
+
+def _served_file(meta):
+    """A sentence on model.onnx (training/export.py): its size, how its weights are stored and
+    how far its answers are from the Keras network the figures were measured with."""
+    o = meta["onnx"]
+    text = f"**Served file.** The app and the page run `model.onnx` ({o['bytes'] / 1e6:.1f} MB"
+    if o.get("weights") == "float16":
+        text += (", its large weights stored as float16 and computed in float32). The figures above were "
+                 f"measured with the float32 network; on the export's {o['checked_on']} check images the "
+                 f"served probabilities differ from it by at most {o['probabilities_difference']:.4f}, and "
+                 "every one keeps its label and wrong-input verdict")
+    else:
+        text += (f"), within {max(o['relative_difference'].values()):.1e} of the Keras network on the "
+                 f"export's {o['checked_on']} check images, relative to each output's scale")
+    return text + "."
 
 
 def _serving(s):

@@ -87,6 +87,8 @@ class Recipe:
     known_wrong_data: list[str] = field(default_factory=list)  # folders of wrong kinds the check learns (frozen)
     ood_limit: int = 400
     examples: int = 6  # held-out images copied into the bundle
+    # the served file (training/export.py)
+    onnx_weights: Literal["float32", "float16"] = "float32"  # float16: model.onnx's large weights in half the bytes
 
     # ------------------------------------------------------------ reading and writing
 
@@ -128,6 +130,15 @@ class Recipe:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def write(self, folder):
+        """Write this recipe as the bundle at folder's recipe.json; returns the block metadata.json
+        keeps for it (lungclf.schema.RecipeFile: file, sha256, method)."""
+        from lungclf.bundle import sha256, write_json
+
+        path = os.path.join(folder, FILE)
+        write_json(path, self.to_dict())
+        return {"file": FILE, "sha256": sha256(path), "method": self.method}
 
     def to_toml(self, comment=""):
         """The recipe as a TOML file's text (fields left at None are left out: TOML has no null)."""
@@ -282,6 +293,9 @@ HELP = {
                         "learns: nearer to its mean than to every class mean is flagged; measured out of fold "
                         "by group; repeatable",
     "examples": "held-out images copied into BUNDLE/examples/ (0: none)",
+    "onnx_weights": "float16 stores model.onnx's large weights (4,096 values or more) in half the bytes, "
+                    "checked against Keras with a looser tolerance and the same labels and verdicts "
+                    "(training/export.py)",
 }
 WRONG_INPUT_FIELDS = ("wrong_input_quantile", "wrong_input_shrinkage", "wrong_input_notes", "ood_data",
                       "ood_limit", "known_wrong_data", "examples")

@@ -18,10 +18,10 @@ itself when none is; it is written as a recipe file with a note saying how it wa
 and every candidate's fold figures go to --json.
 
 A budget, optional, at the top of the candidates file: `max_page_mb = 20` leaves out of the
-choice (but not of the table) every candidate whose page download would be larger: its
-model.onnx (4 bytes a parameter, counted on the network built without weights) and its
-wrong-input reference (the precision's upper triangle in float32, the class means), what
-the browser page (training/export.py) fetches. The CT models' budget is 20 MB.
+choice (but not of the table) every candidate whose page download would be larger (its
+model.onnx and wrong-input reference, what the browser page of training/export.py fetches),
+`max_bundle_mb = 30` every candidate whose bundle would be larger; both estimated from the
+network built without weights (`sizes`). The CT models' budget: 20 MB, 30 MB.
 
 Cost on 2 cores: a frozen candidate's features are computed once per view (cached, see
 training/frozen.py), then its head fits in about a second a fold; a finetune candidate
@@ -41,15 +41,15 @@ import numpy as np
 
 from training import frozen, steps
 from training.errors import RecipeError, TrainingError, cli_errors
-from training.recipe import Recipe
+from training.recipe import WRONG_INPUT_FIELDS, Recipe
 
 BASELINE_LABEL = "baseline: frozen Lite0, logistic regression"
-BUDGET_KEYS = ("max_page_mb",)
+BUDGET_KEYS = ("max_page_mb", "max_bundle_mb")
 
 
 def read_candidates(path):
-    """(base recipe, [(label, recipe)], budget {"max_page_mb": float} or {}) from a candidates
-    file; the baseline first."""
+    """(base recipe, [(label, recipe)], budget {"max_page_mb": float, "max_bundle_mb": float}, either
+    or neither) from a candidates file; the baseline first."""
     try:
         with open(path, "rb") as f:
             spec = tomllib.load(f)
@@ -75,13 +75,29 @@ def read_candidates(path):
     return base, out, budget
 
 
-def page_mb(recipe, n_classes):
-    """(parameters, MB the browser page downloads: model.onnx in float32 and the wrong-input
-    reference) of the network `recipe` names, built without its weights."""
+def sizes(recipe, n_classes):
+    """(parameters, MB the browser page downloads, MB of the bundle) of the network `recipe`
+    names, built without its weights. The page: model.onnx (4 bytes a parameter, 2 with
+    onnx_weights = "float16") and the wrong-input reference (the precision's upper triangle in
+    float32, the class means). The bundle: those, model.keras (4 bytes a parameter), the
+    reference again (the app's .npz) and 1 MB for the rest."""
     _, config = steps.configure(recipe, verbose=0)
     model = steps.build_model(config, n_classes)
     params, d = int(model.count_params()), int(model.layers[-1].input.shape[-1])
-    return params, round((4 * params + 4 * d * (d + 1) // 2 + 8 * n_classes * d) / 1e6, 1)
+    onnx = (2 if recipe.onnx_weights == "float16" else 4) * params
+    reference = 4 * d * (d + 1) // 2 + 8 * n_classes * d
+    rest = 1_000_000  # figures, examples, card, metadata, the network's config in model.keras
+    return params, round((onnx + reference) / 1e6, 1), round((4 * params + onnx + 2 * reference + rest) / 1e6, 1)
+
+
+def within(budget, page, bundle):
+    """Whether a candidate's page and bundle MB keep within the candidates file's budget."""
+    return page <= budget.get("max_page_mb", float("inf")) and bundle <= budget.get("max_bundle_mb", float("inf"))
+
+
+def budget_text(budget):
+    """The budget in words ("the page 20 MB, the bundle 30 MB")."""
+    return ", ".join(f"the {k.split('_')[1]} {v:g} MB" for k, v in budget.items())
 
 
 def score(recipe, prepared, state, save, log=print):
@@ -99,6 +115,14 @@ def score(recipe, prepared, state, save, log=print):
     return cv
 
 
+def fold_key(recipe):
+    """The recipe's fields that a finetune fold's network depends on (what its state is keyed
+    on): not its name and notes, the wrong-input settings or how model.onnx is stored, so that
+    changing those redoes no fold."""
+    after = {"name", "notes", "onnx_weights", *WRONG_INPUT_FIELDS}
+    return {k: v for k, v in recipe.to_dict().items() if k not in after}
+
+
 def finetune_folds(recipe, config, prepared, state, save, log):
     """Train `recipe` once per fold (val carved from the training folds for early stopping);
     finished folds are kept in `state` (a dict; `save()` after each fold) and not redone."""
@@ -112,7 +136,7 @@ def finetune_folds(recipe, config, prepared, state, save, log):
 
     # The folds are the recipe's on these groups: a state from other groups (another audit, or
     # another CPU's borderline near-copy) is not resumed.
-    key = hashlib.sha256(json.dumps([recipe.to_dict(), fingerprint(prepared.rows())],
+    key = hashlib.sha256(json.dumps([fold_key(recipe), fingerprint(prepared.rows())],
                                     sort_keys=True).encode()).hexdigest()[:16]
     done = state.setdefault(key, {})
     y, groups = np.asarray(prepared.y), np.asarray(prepared.groups)
@@ -168,11 +192,11 @@ def select(path, out=None, json_path=None, state_path=None, only=None, log=print
     for label, recipe in candidates:
         s = frozen.summary(y, groups, results[label], base_cv)
         _, config = steps.configure(recipe, verbose=0)
-        params, mb = page_mb(recipe, len(prepared.labels))
+        params, page, bundle = sizes(recipe, len(prepared.labels))
         rows.append({"label": label, "method": recipe.method, "recipe": recipe.to_dict(),
                      "network": frozen.Spec.of(config).text() if recipe.weights else config.arch,
-                     "seconds": results[label]["seconds"], "parameters": params, "page_mb": mb,
-                     "within_budget": mb <= budget.get("max_page_mb", float("inf"))} | s)
+                     "seconds": results[label]["seconds"], "parameters": params, "page_mb": page,
+                     "bundle_mb": bundle, "within_budget": within(budget, page, bundle)} | s)
     rows.sort(key=lambda r: -r["pooled_macro_f1"])
     log("\n" + table(rows))
     winner = choose(rows)
@@ -197,21 +221,22 @@ def choose(rows):
 
 
 def table(rows):
-    out = ["| candidate | method | macro-F1 pooled OOF (95%) | folds mean ± sd | minus baseline (95%) | page MB | cost s |",
+    out = ["| candidate | method | macro-F1 pooled OOF (95%) | folds mean ± sd | minus baseline (95%) | page / bundle MB "
+           "| cost s |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lo, hi = r["interval95"]
         d = r["minus_baseline"]
         out.append(f"| {r['label']} | {r['method']} | {r['pooled_macro_f1']:.3f} ({lo:.3f}-{hi:.3f}) | "
                    f"{r['mean']:.3f} ± {r['std']:.3f} ({r['folds']}) | {d['mean']:+.3f} "
-                   f"({d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f}) | {r.get('page_mb', '')}"
+                   f"({d['interval95'][0]:+.3f} to {d['interval95'][1]:+.3f}) | {r.get('page_mb', '')} / {r.get('bundle_mb', '')}"
                    f"{'' if r.get('within_budget', True) else ' (over budget)'} | {r['seconds']:.0f} |")
     return "\n".join(out)
 
 
 def write_winner(winner, rows, base, out, path, budget=None):
     lo, hi = winner["interval95"]
-    within = f" and within the page budget ({budget['max_page_mb']:g} MB)" if budget else ""
+    within = f" and within the budget ({budget_text(budget)})" if budget else ""
     rule = (f"the best of those above the frozen-feature baseline by more than the 95% interval of "
             f"the paired difference{within}" if winner["label"] != BASELINE_LABEL else
             f"no candidate was above the frozen-feature baseline by more than the 95% interval of the "

@@ -36,7 +36,6 @@ from training import audit, presets, wrong_input
 from training.datatypes import FitConfig, Prepared, Results
 from training.errors import DataError, ExportError, ModelError, TrainingError
 from training.model import ARCHITECTURES, DEFAULT_WIDTH, WHEEL_WEIGHTS
-from training.recipe import FILE as RECIPE_FILE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -447,8 +446,7 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
     split_prepared = split_prepared or prepared
     split_info = split_prepared.split_info
     name = recipe.name or os.path.basename(os.path.normpath(out))
-    recipe_path = os.path.join(out, RECIPE_FILE)
-    write_json(recipe_path, recipe.to_dict())
+    recipe_block = recipe.write(out)
     kind = ("a logistic regression on the frozen pooled features of a" if recipe.method == "frozen"
             else "a fine-tuned" if config.weights else "a")
     network = {"astra": "chest-CT ResNet-152 (Astra)",
@@ -466,7 +464,7 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
         "task": {"type": "image-classification", "modality": pre["modality"]},
         "preset": recipe.preset,
         "notes": recipe.notes,
-        "recipe": {"file": RECIPE_FILE, "sha256": sha256(recipe_path), "method": recipe.method},
+        "recipe": recipe_block,
         "preprocessing": schema.preprocessing(config.image_size, config.colour_mode),
         "tta": tta,
         "model": {"architecture": config.arch, "width": config.width,

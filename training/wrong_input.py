@@ -489,11 +489,7 @@ def _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage, fit
          if ref.other_names else {}) | ({"command": command} if command else {}) | ({"notes": recipe.wrong_input_notes}
                                                      if recipe.wrong_input_notes else {})
     if meta.get("recipe"):  # the recipe as this check was fitted (flags of the refit override fields)
-        from lungclf.bundle import sha256
-        from training.recipe import FILE as RECIPE_FILE
-
-        write_json(os.path.join(bundle, RECIPE_FILE), recipe.to_dict())
-        meta["recipe"]["sha256"] = sha256(os.path.join(bundle, RECIPE_FILE))
+        meta["recipe"] = recipe.write(bundle)
     test_paths = [p for p, m in zip(data.paths, te) if m]
     test_labels = [data.labels[c] for c in np.asarray(data.y)[te]]
     meta["examples"] = write_examples(bundle, data.data_dir, test_paths, test_labels, ok, recipe.examples, recipe.seed)
