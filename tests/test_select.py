@@ -188,7 +188,7 @@ def test_a_candidate_over_the_page_budget_is_not_chosen():
 def test_the_page_and_bundle_estimates_are_what_the_committed_bundles_weigh(name):
     """The budget's estimates (model.onnx at 2 or 4 bytes a parameter, model.keras at 4, the
     reference's upper triangle in float32, 1 MB for the rest) against the committed CT bundles'
-    files: chest CT's model.onnx stores float16 weights, IQ-OTH/NCCD's float32."""
+    files (both store model.onnx's weights as float16)."""
     from training.recipe import Recipe
     from training.select import sizes
 
