@@ -234,6 +234,22 @@ def test_a_float16_export_records_both_checks_and_its_recipe(tmp_path):
     assert "its large weights stored as float16" in (folder / "README.md").read_text()
 
 
+@pytest.mark.slow
+def test_float16_weights_beyond_their_tolerance_are_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """The stored weights are checked as the float32 graph is: an export whose float16 file moves
+    an answer beyond FLOAT16_TOLERANCE (here a tolerance no rounding meets) fails, says so, and
+    leaves neither model.onnx nor the page's reference."""
+    from training import export as ex
+    from training.errors import ExportError
+
+    monkeypatch.setattr(ex, "FLOAT16_TOLERANCE", {"probabilities": 1e-12, "features": 1e-12, "maps": 1e-12})
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match=r"with its weights in float16 and Keras differ by more than the tolerance"
+                                          r".*model.onnx not written"):
+        ex.export(os.path.join(ROOT, "models", "lc25000"), str(out), weights="float16")
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_packages_say_what_to_install(monkeypatch):
     from training import export as ex
     from training.errors import ExportError
