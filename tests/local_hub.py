@@ -77,8 +77,13 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
 
-# A new repo's .gitattributes: a stand-in for the Hub's default, which names many binary extensions.
-GITATTRIBUTES = b"*.keras filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
+# A new repo's .gitattributes: a stand-in for the Hub's default, which names many binary extensions
+# (35 lines from *.7z to *tfevents*, *.onnx among them: Hub model repos' .gitattributes show it,
+# with .onnx files of 0.2 to 1 MB stored as LFS by it). model.onnx needs it here: a float16
+# model.onnx is under 10 MiB, and its first 512 bytes (the graph's text: names of nodes and
+# constants) hold no NUL byte, so by size and sample alone it would go as a regular file.
+GITATTRIBUTES = (b"*.keras filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
+                 b"*.onnx filter=lfs diff=lfs merge=lfs -text\n")
 MAX_REGULAR_BINARY = 1_000_000  # "binary files over 1MB" (PR #657): bytes, the stricter reading of MB
 MAX_REGULAR = 10 * 1024 * 1024  # "files larger than 10 MiB" (issue #2666)
 BINARY_REFUSED = ("Your push was rejected because it contains binary files. Please use "

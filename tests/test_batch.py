@@ -345,7 +345,8 @@ def test_hostile_zips_are_refused_and_the_other_files_classified(client, batch_s
 
 @pytest.mark.slow
 def test_dicom_series_gives_slices_in_scan_order_and_their_mean(client, direct, batch_server, tmp_path):
-    from tests.helpers import label_id
+    from lungclf.bundle import load
+    from tests.helpers import ROOT, label_id
     from tests.make_dicom import SECRET
 
     examples = ct_examples(3)
@@ -361,7 +362,10 @@ def test_dicom_series_gives_slices_in_scan_order_and_their_mean(client, direct, 
     assert kept, "held-out examples should not all be flagged as wrong input"
     mean = {k: float(np.mean([s[k] for s in kept])) for k in kept[0]}
     got = {label_id(c["label"]): c["confidence"] for c in scan["confidences"]}
-    assert got == pytest.approx(mean, abs=1e-4)
+    # the app serves model.onnx: float32 within 1e-4 of Keras; chest CT's float16 weights within
+    # the bound its export held them to (training/export.py)
+    onnx = load(os.path.join(ROOT, "models", "chest_ct")).meta.onnx
+    assert got == pytest.approx(mean, abs=1e-4 if onnx.weights == "float32" else onnx.tolerance["probabilities"])
     assert f"from {len(kept)} of 3 slices" in text
     everything = json_text(scan, text, table) + open(csv_path).read() + batch_server.output()
     assert SECRET not in everything
