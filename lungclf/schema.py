@@ -42,6 +42,7 @@ RESIZE = "squash-area-down-linear-up"
 # preprocessing), so the app feeds 0..255 and no client needs to know the scaling.
 SCALING = "in-model"
 ONNX_OUTPUTS = ("logits", "features", "maps")  # model.onnx's outputs, in this order (training/export.py)
+OnnxWeights = Literal["float32", "float16"]  # how model.onnx stores its large constants (computed in float32)
 VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose", "transverse")
 
 
@@ -200,7 +201,7 @@ class OnnxFile:
     tolerance: dict[str, float]  # per output: the largest relative difference the export allowed
     probabilities_difference: float | None = None  # largest difference of the calibrated probabilities
     file: Literal["model.onnx"] = "model.onnx"
-    weights: Literal["float32", "float16"] = "float32"  # how its large constants are stored (computed in float32)
+    weights: OnnxWeights = "float32"
     outputs: list[Literal[ONNX_OUTPUTS]] = field(default_factory=lambda: list(ONNX_OUTPUTS))
     reference: PageReference | None = None  # the page's wrong-input reference; exports before it have none
 

@@ -7,6 +7,7 @@ limits, hostile .zip files, the table and CSV, the scan-level answer of a series
 
 import csv
 import io
+import json
 import os
 import struct
 import zipfile
@@ -345,7 +346,7 @@ def test_hostile_zips_are_refused_and_the_other_files_classified(client, batch_s
 
 @pytest.mark.slow
 def test_dicom_series_gives_slices_in_scan_order_and_their_mean(client, direct, batch_server, tmp_path):
-    from lungclf.bundle import load
+    from lungclf.schema import parse_metadata
     from tests.helpers import ROOT, label_id
     from tests.make_dicom import SECRET
 
@@ -364,7 +365,8 @@ def test_dicom_series_gives_slices_in_scan_order_and_their_mean(client, direct, 
     got = {label_id(c["label"]): c["confidence"] for c in scan["confidences"]}
     # the app serves model.onnx: float32 within 1e-4 of Keras; chest CT's float16 weights within
     # the bound its export held them to (training/export.py)
-    onnx = load(os.path.join(ROOT, "models", "chest_ct")).meta.onnx
+    with open(os.path.join(ROOT, "models", "chest_ct", "metadata.json"), encoding="utf-8") as f:
+        onnx = parse_metadata(json.load(f)).onnx
     assert got == pytest.approx(mean, abs=1e-4 if onnx.weights == "float32" else onnx.tolerance["probabilities"])
     assert f"from {len(kept)} of 3 slices" in text
     everything = json_text(scan, text, table) + open(csv_path).read() + batch_server.output()

@@ -173,12 +173,11 @@ def test_a_wrong_conversion_fails_and_writes_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "b") == []  # neither the model nor the page's reference
 
 
-def test_float16_storage_halves_large_constants_and_keeps_small_ones():
+def test_float16_storage_halves_large_constants_and_keeps_small_ones(tmp_path):
     """store_float16: a constant of 4,096 values or more is stored as float16 and read back by
     a Cast; a small one (a bias) stays float32; the graph computes what it did, within
     float16's rounding, in half the bytes."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from training.export import store_float16
@@ -189,23 +188,20 @@ def test_float16_storage_halves_large_constants_and_keeps_small_ones():
                           "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
                           [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"float16-{os.getpid()}.onnx")
+    path = str(tmp_path / "float16.onnx")
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    try:
-        x = rng.normal(size=(1, 128)).astype(np.float32)
-        before, size = session(path).run(None, {"x": x})[0], os.path.getsize(path)
-        assert store_float16(path) == 1
-        proto = onnx.load(path)
-        stored = {t.name: t.data_type for t in proto.graph.initializer}
-        assert stored == {"w_float16": TensorProto.FLOAT16, "b": TensorProto.FLOAT}
-        assert [(n.op_type, list(n.input), list(n.output)) for n in proto.graph.node][0] == ("Cast", ["w_float16"], ["w"])
-        after = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        assert after.dtype == np.float32
-        np.testing.assert_allclose(after, before, atol=2e-3 * np.abs(before).max())
-        assert not np.array_equal(after, before)  # rounded: float16 keeps 11 bits
-        assert os.path.getsize(path) < 0.55 * size
-    finally:
-        os.remove(path)
+    x = rng.normal(size=(1, 128)).astype(np.float32)
+    before, size = session(path).run(None, {"x": x})[0], os.path.getsize(path)
+    assert store_float16(path) == 1
+    proto = onnx.load(path)
+    stored = {t.name: t.data_type for t in proto.graph.initializer}
+    assert stored == {"w_float16": TensorProto.FLOAT16, "b": TensorProto.FLOAT}
+    assert [(n.op_type, list(n.input), list(n.output)) for n in proto.graph.node][0] == ("Cast", ["w_float16"], ["w"])
+    after = session(path).run(None, {"x": x})[0]
+    assert after.dtype == np.float32
+    np.testing.assert_allclose(after, before, atol=2e-3 * np.abs(before).max())
+    assert not np.array_equal(after, before)  # rounded: float16 keeps 11 bits
+    assert os.path.getsize(path) < 0.55 * size
 
 
 @pytest.mark.slow

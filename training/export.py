@@ -66,10 +66,12 @@ import os
 import re
 import tempfile
 import warnings
+from typing import get_args
 
 import numpy as np
 
 from lungclf.schema import ONNX_OUTPUTS as OUTPUTS  # the contract names them once
+from lungclf.schema import OnnxWeights
 from lungclf.wrong_input import ROUNDING_TOLERANCE, unpack_upper
 from training.errors import ExportError, TrainingError, cli_errors
 
@@ -103,7 +105,7 @@ REQUIREMENTS = "pip install -r requirements-web.txt"
 # no label or verdict changed. On the check's made-up images the logits move further (0.12 of
 # the temperature on noise, whose logits are large) while the probabilities, saturated there,
 # move 0.005: so the probabilities are bounded, what a visitor reads, not the logits.
-WEIGHTS = ("float32", "float16")
+WEIGHTS = get_args(OnnxWeights)  # ("float32", "float16"), as the contract names them
 FLOAT16_MIN_VALUES = 4096
 FLOAT16_TOLERANCE = {"probabilities": 0.02, "features": 0.02, "maps": 0.02}
 REFERENCE_FILE, REFERENCE_DATA = "wrong_input.json", "wrong_input.bin"

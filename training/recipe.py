@@ -35,6 +35,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args, get_type_hints
 
+from lungclf.schema import OnnxWeights
 from training.errors import RecipeError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
@@ -88,7 +89,7 @@ class Recipe:
     ood_limit: int = 400
     examples: int = 6  # held-out images copied into the bundle
     # the served file (training/export.py)
-    onnx_weights: Literal["float32", "float16"] = "float32"  # float16: model.onnx's large weights in half the bytes
+    onnx_weights: OnnxWeights = "float32"  # float16: model.onnx's large weights in half the bytes
 
     # ------------------------------------------------------------ reading and writing
 
