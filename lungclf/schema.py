@@ -167,32 +167,13 @@ class RecipeFile:
 
 
 @dataclass(frozen=True)
-class PageReferenceData:
-    """wrong_input.bin: the wrong-input arrays that the page's reference header describes."""
-
-    sha256: str  # of `file`; the page checks it, and wrong_input.json carries it too
-    bytes: int
-    file: Literal["wrong_input.bin"] = "wrong_input.bin"
-
-
-@dataclass(frozen=True)
-class PageReference:
-    """The wrong-input reference in the browser page's form (training.export.web_reference):
-    wrong_input.json (the arrays' layout) and wrong_input.bin (the arrays), each checked by
-    sha256 in the page (web/app.js) as the .npz is here."""
-
-    sha256: str  # of `file`
-    data: PageReferenceData
-    file: Literal["wrong_input.json"] = "wrong_input.json"
-    format: Literal["lung-classifier-wrong-input-web/1"] = "lung-classifier-wrong-input-web/1"
-
-
-@dataclass(frozen=True)
 class OnnxFile:
     """The bundle's network as ONNX (training/export.py): one input `image`, outputs logits,
     features and maps. The app serves it with ONNX Runtime when it is there; the static page
     runs it in the browser. The export's check (differences from Keras per output, the images,
-    the versions) is kept in the raw block for the card."""
+    the versions) is kept in the raw block for the card. The page reads the wrong-input
+    reference from wrong_input.npz, as the app does; exports before 2026-12-04 also wrote a copy
+    for it (wrong_input.json/.bin, `reference` here), which nothing reads now."""
 
     sha256: str  # of `file`, checked before it is read
     source_sha256: str  # sha256 of the model.keras it was exported from: must be this bundle's
@@ -203,7 +184,6 @@ class OnnxFile:
     file: Literal["model.onnx"] = "model.onnx"
     weights: OnnxWeights = "float32"
     outputs: list[Literal[ONNX_OUTPUTS]] = field(default_factory=lambda: list(ONNX_OUTPUTS))
-    reference: PageReference | None = None  # the page's wrong-input reference; exports before it have none
 
 
 @dataclass(frozen=True)
@@ -368,10 +348,6 @@ def parse_metadata(meta):
         bounded = o.relative_difference if o.weights == "float32" else o.tolerance
         over = {k: got.get(k) for k in bounded if not got.get(k, float("nan")) <= o.tolerance.get(k, 0.0)}
         _require(not over, "onnx.relative_difference", "differences within onnx.tolerance", over)
-        if o.reference is not None:
-            for where, digest in (("onnx.reference.sha256", o.reference.sha256),
-                                  ("onnx.reference.data.sha256", o.reference.data.sha256)):
-                _require(re.fullmatch(r"[0-9a-f]{64}", digest), where, "64 hex digits", digest)
     _require("test" in m.split.counts, "split.counts", "an object with a 'test' entry", list(m.split.counts))
     for name in ("accuracy", "macro_f1"):
         v = getattr(m.metrics.test, name)

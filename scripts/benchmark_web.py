@@ -14,8 +14,8 @@ page downloaded (Resource Timing). The issue's targets: ready <= 3 s (the defaul
 an answer <= 150 ms with the check and the map.
 
 The page is served from a temporary folder laid out as the repository (web/, lungclf/,
-node_modules/onnxruntime-web, models/NAME); a committed bundle without the page's files
-(model.onnx and wrong_input.json from python -m training.export) is exported into it first.
+node_modules/onnxruntime-web, models/NAME); a committed bundle without model.onnx (python -m
+training.export) is exported into it first.
 Needs Playwright and /usr/bin/chromium (scripts/install_dev.sh).
 
     python scripts/benchmark_web.py --models lc25000 chest_ct iq_othnccd --agree 300
@@ -52,14 +52,14 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 def site(folder, models):
     """Lay out `folder` as the repository for the page: links to web/, lungclf/, node_modules/,
-    and each model's bundle (exported into the folder when it lacks the page's files)."""
+    and each model's bundle (exported into the folder when it lacks model.onnx)."""
     for name in ("web", "lungclf", "node_modules"):
         os.symlink(os.path.join(ROOT, name), os.path.join(folder, name))
     os.makedirs(os.path.join(folder, "models"))
     for name in models:
         source = os.path.join(ROOT, "models", name)
         with open(os.path.join(source, "metadata.json"), encoding="utf-8") as f:
-            ready = "reference" in (json.load(f).get("onnx") or {})
+            ready = bool(json.load(f).get("onnx"))
         if ready:
             os.symlink(source, os.path.join(folder, "models", name))
         else:
@@ -67,7 +67,7 @@ def site(folder, models):
 
             copy = os.path.join(folder, "models", name)
             shutil.copytree(source, copy)
-            print(f"{name}: no page reference committed; exporting a copy (python -m training.export)")
+            print(f"{name}: no model.onnx committed; exporting a copy (python -m training.export)")
             record(copy, export(copy))
 
 

@@ -40,9 +40,9 @@ web/app.js, web/jet.json, lungclf/overlay.js, onnxruntime-web's WebAssembly buil
 node_modules at the same paths, as in this repository) and web/config.json naming the
 bundle's files at one commit, https://huggingface.co/OWNER/NAME/resolve/COMMIT/: a tag or
 branch given to --model is resolved to its commit first, so the page's model cannot change
-under it. The bundle must hold what the page reads (model.onnx and the wrong-input reference
-wrong_input.json/.bin, recorded in metadata.json by `python -m training.export BUNDLE`); the
-bundle upload above includes those files.
+under it. The bundle must hold what the page reads (model.onnx, recorded in metadata.json by
+`python -m training.export BUNDLE`, and the app's own wrong_input.npz); the bundle upload above
+includes those files.
 """
 
 import argparse
@@ -58,16 +58,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lungclf.bundle import ALLOW_PATTERNS, BundleError, verify  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The page's form of the wrong-input reference (training/export.py), beside the app's files.
-PAGE_FILES = ["wrong_input.json", "wrong_input.bin"]
-BUNDLE_PATTERNS = ALLOW_PATTERNS + PAGE_FILES
+# What earlier exports wrote for the page (a copy of wrong_input.npz), removed from the repo on push.
+STALE = ["wrong_input.json", "wrong_input.bin"]
 # The static Space: the page and what it loads, at their paths in this repository.
 WEB_FILES = ["web/index.html", "web/app.js", "web/jet.json", "lungclf/overlay.js",
              "node_modules/onnxruntime-web/package.json",  # its version and licence (MIT)
              "node_modules/onnxruntime-web/dist/ort.wasm.bundle.min.mjs",
              "node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs",  # imported by the above
              "node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm"]
-NEEDED_BY_PAGE = ["metadata.json", "classes.json", "model.onnx", *PAGE_FILES]
+NEEDED_BY_PAGE = ["metadata.json", "classes.json", "model.onnx"]  # and the reference, where there is one
 
 
 def fail(message):
@@ -91,14 +90,14 @@ def hub_refusal(e, hints=HINTS):
 
 
 def stage(bundle, staging):
-    """Copy the bundle's files (those BUNDLE_PATTERNS names) from `bundle` into `staging`,
+    """Copy the bundle's files (those ALLOW_PATTERNS names) from `bundle` into `staging`,
     keeping their relative paths; the source folder is only read."""
     for folder, dirs, files in os.walk(bundle):
         dirs.sort()
         for name in sorted(files):
             source = os.path.join(folder, name)
             rel = os.path.relpath(source, bundle).replace(os.sep, "/")
-            if os.path.islink(source) or not any(fnmatch.fnmatch(rel, p) for p in BUNDLE_PATTERNS):
+            if os.path.islink(source) or not any(fnmatch.fnmatch(rel, p) for p in ALLOW_PATTERNS):
                 continue
             target = os.path.join(staging, *rel.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -149,8 +148,8 @@ def _publish(args, staging):
     message = args.commit_message or (f"Upload bundle {meta.name} (model.keras sha256 "
                                       f"{meta.model.sha256[:12]})")
     commit = api.upload_folder(repo_id=args.repo_id, folder_path=staging, revision=branch,
-                               commit_message=message, allow_patterns=BUNDLE_PATTERNS,
-                               delete_patterns=BUNDLE_PATTERNS)
+                               commit_message=message, allow_patterns=ALLOW_PATTERNS,
+                               delete_patterns=ALLOW_PATTERNS + STALE)
     if args.tag:
         api.create_tag(args.repo_id, tag=args.tag, revision=commit.oid,
                        tag_message=f"bundle {meta.name}")
@@ -192,11 +191,12 @@ def web_space(space_id, model_spec, private=False, commit_message=None):
     api = HfApi()
     commit = api.repo_info(repo, revision=revision or None).sha  # a tag or branch -> its commit
     held = set(api.list_repo_files(repo, revision=commit))
-    missing = [f for f in NEEDED_BY_PAGE if f not in held]
     with open(hf_hub_download(repo, "metadata.json", revision=commit), encoding="utf-8") as f:
         meta = json.load(f)
-    if missing or not (meta.get("onnx") or {}).get("reference"):
-        fail(f"{repo}@{commit[:12]} lacks what the page reads ({', '.join(missing) or 'onnx.reference in metadata.json'}): "
+    needed = NEEDED_BY_PAGE + ([meta["wrong_input"].get("file", "wrong_input.npz")] if meta.get("wrong_input") else [])
+    missing = [f for f in needed if f not in held]
+    if missing or not meta.get("onnx"):
+        fail(f"{repo}@{commit[:12]} lacks what the page reads ({', '.join(missing) or 'onnx in metadata.json'}): "
              "export the bundle (python -m training.export BUNDLE) and publish it again")
     absent = [f for f in WEB_FILES if not os.path.isfile(os.path.join(ROOT, f))]
     if absent:

@@ -56,9 +56,8 @@ def rehash(bundle, **meta_changes):
     meta.update(meta_changes)
     meta["model"]["sha256"] = sha256(os.path.join(bundle, "model.keras"))
     if meta.pop("onnx", None):
-        for name in ("model.onnx", "wrong_input.json", "wrong_input.bin"):
-            if os.path.exists(os.path.join(bundle, name)):
-                os.remove(os.path.join(bundle, name))
+        if os.path.exists(os.path.join(bundle, "model.onnx")):
+            os.remove(os.path.join(bundle, "model.onnx"))
     write_json(path, meta)
 
 
@@ -268,10 +267,10 @@ def test_push_uploads_only_the_bundle_files_and_a_card_naming_the_repo(published
     assert {"model.keras", "classes.json", "metadata.json", "README.md"} <= files
     assert "wrong_input.npz" in files  # the wrong-input check travels with the model
     assert "recipe.json" in files  # and the recipe that made it
-    assert {"model.onnx", "wrong_input.json", "wrong_input.bin"} <= files  # the export, for the app and the page
+    assert "model.onnx" in files  # the export, for the app and the page
     assert {f for f in files if not f.startswith("examples/")} <= {
         ".gitattributes", "model.keras", "classes.json", "metadata.json", "README.md", "wrong_input.npz",
-        "recipe.json", "model.onnx", "wrong_input.json", "wrong_input.bin",
+        "recipe.json", "model.onnx",
         "figures/confusion_matrix.png", "figures/training_curves.png", "figures/reliability.png"}
     card = ModelCard.load(api.hf_hub_download("lab/tiny", "README.md", revision="v1"))
     assert 'snapshot_download("lab/tiny", revision="v1")' in card.text

@@ -6,8 +6,7 @@ The page runs each committed bundle's model.onnx and wrong-input reference in th
 committed examples and on made files of every odd kind the app accepts. The page is served
 by a plain static server on 127.0.0.1 from a folder laid out as the repository is (web/,
 lungclf/overlay.js, node_modules/onnxruntime-web, models/NAME/); a committed bundle that has
-no page reference yet (wrong_input.json, from python -m training.export) is exported into a
-temporary copy first.
+no model.onnx yet (python -m training.export) is exported into a temporary copy first.
 
     python -m pytest tests/test_web.py -m "slow or not slow"
 """
@@ -34,10 +33,10 @@ ORT = os.path.join("node_modules", "onnxruntime-web", "dist")
 
 
 def page_ready(bundle_folder):
-    """True when a bundle has what the page reads: the ONNX model and the reference, recorded."""
+    """True when a bundle has what the page reads: the ONNX model, recorded (the reference is the
+    app's own wrong_input.npz)."""
     with open(os.path.join(bundle_folder, "metadata.json"), encoding="utf-8") as f:
-        onnx = json.load(f).get("onnx") or {}
-    return "reference" in onnx and os.path.isfile(os.path.join(bundle_folder, "wrong_input.json"))
+        return bool(json.load(f).get("onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -361,22 +360,22 @@ def test_a_changed_model_file_is_refused_by_its_sha256(browser, site):
         context.close()
 
 
-def test_a_bundle_whose_check_has_no_page_form_is_refused(browser, site):
-    """An export from before the page's reference: the app would check each image, so the page
-    refuses to answer without the check, and says what to run."""
+def test_a_changed_reference_is_refused(browser, site):
+    """The page reads the app's own wrong_input.npz, checked by the sha256 metadata.json gives it,
+    as lungclf.bundle checks it: a changed byte and the page refuses to answer."""
     url, root = site
-    copy = root / "models" / "older_export"
+    copy = root / "models" / "changed_reference"
     shutil.copytree(bundle_folder(site, "lc25000"), copy)
-    meta = json.loads((copy / "metadata.json").read_text())
-    del meta["onnx"]["reference"]
-    (copy / "metadata.json").write_text(json.dumps(meta))
+    npz = copy / "wrong_input.npz"
+    data = bytearray(npz.read_bytes())
+    data[-100] ^= 1
+    npz.write_bytes(bytes(data))
     context = browser.new_context()
     page = context.new_page()
     try:
-        page.goto(f"{url}/web/?model=../models/older_export/")
+        page.goto(f"{url}/web/?model=../models/changed_reference/")
         page.wait_for_function("document.body.dataset.state === 'failed'", timeout=60_000)
-        assert "wrong-input check has no form for the page: export it again (python -m training.export BUNDLE)" \
-            in page.inner_text("#status")
+        assert "sha256 of wrong_input.npz does not match metadata.json" in page.inner_text("#status")
     finally:
         context.close()
 
@@ -417,13 +416,14 @@ def test_the_resize_is_opencvs_to_the_bit(tmp_path):
 
 
 
-def test_the_pages_check_flags_a_known_wrong_kind_as_the_app_does(tmp_path):
-    """web/app.js's verdict against lungclf.wrong_input.Reference.check, from the page's form
-    of a reference that learned a wrong kind: the same flags, checks and words."""
+@pytest.mark.parametrize("layout", ["upper triangle, float32", "full, float64 (bundles before 2026-12-03)"])
+def test_the_pages_check_flags_a_known_wrong_kind_as_the_app_does(tmp_path, layout):
+    """web/app.js's verdict against lungclf.wrong_input.Reference.check, from the .npz the app
+    reads, of a reference that learned a wrong kind: the same flags, checks and words, for
+    both ways a bundle stores the precision."""
     import subprocess
 
     from lungclf.wrong_input import Reference, pixel_stats
-    from training.export import web_reference
 
     if not shutil.which("node"):
         pytest.skip("node is not on PATH")
@@ -436,17 +436,20 @@ def test_the_pages_check_flags_a_known_wrong_kind_as_the_app_does(tmp_path):
     x = np.full((len(feats), 8, 8, 3), 100.0)
     want = [(v.wrong_input, v.check, v.message) for v in ref.check(x, feats)]
     assert {w[0] for w in want} == {True, False} and any("iq_othnccd" in w[2] for w in want)
-    web_reference(ref, str(tmp_path), "float64")
-    spec = {"threshold": ref.threshold, "stats_threshold": ref.stats_threshold, "colour_range": list(ref.colour_range),
+    if layout.startswith("upper"):
+        ref.save(str(tmp_path / "wrong_input.npz"), "float32")
+    else:
+        np.savez(tmp_path / "wrong_input.npz", **{**ref.arrays(), "precision": ref.precision})
+    spec = {"feature_dim": ref.feature_dim, "threshold": ref.threshold, "stats_threshold": ref.stats_threshold, "colour_range": list(ref.colour_range),
             "quantile": ref.quantile, "known_wrong": list(ref.other_names)}
     (tmp_path / "cases.json").write_text(json.dumps({"spec": spec, "stats": pixel_stats(x).tolist(),
                                                      "features": feats.tolist()}))
     script = """
-    import { reference, verdict } from %s;
+    import { readNpz, reference, verdict } from %s;
     import fs from "node:fs";
     const dir = process.argv[1], c = JSON.parse(fs.readFileSync(dir + "/cases.json"));
-    const header = JSON.parse(fs.readFileSync(dir + "/wrong_input.json")), bin = fs.readFileSync(dir + "/wrong_input.bin");
-    const ref = reference(header, bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.length), c.spec, "CT");
+    const npz = fs.readFileSync(dir + "/wrong_input.npz");
+    const ref = reference(readNpz(npz.buffer.slice(npz.byteOffset, npz.byteOffset + npz.length)), c.spec, "CT", 3);
     console.log(JSON.stringify(c.features.map((f, i) => {
       const v = verdict(ref, c.stats[i], f);
       return [v.wrong_input, v.check, v.message];
@@ -499,7 +502,7 @@ def test_the_static_space_serves_the_page_with_the_bundle_pinned_to_its_commit(h
     assert code == 0, out
     api = HfApi(endpoint=hub.url, token=HUB_TOKEN)
     commit = api.model_info("lab/lung", revision="v1").sha
-    assert {"model.onnx", "wrong_input.json", "wrong_input.bin"} <= set(api.list_repo_files("lab/lung", revision=commit))
+    assert {"model.onnx", "wrong_input.npz"} <= set(api.list_repo_files("lab/lung", revision=commit))
     assert f"web space: {hub.url}/spaces/lab/lung-web" in out
     space = snapshot_download("lab/lung-web", repo_type="space", local_dir=str(tmp_path / "space"), endpoint=hub.url,
                               token=HUB_TOKEN)
@@ -550,7 +553,7 @@ def test_a_web_space_for_a_bundle_without_the_pages_files_is_refused(hub, tmp_pa
                         repo_id="lab/not-exported")
     code, out = push(hub, tmp_path, "--web-space", "lab/page", "--model", "lab/not-exported@main")
     assert code == 1
-    assert "lacks what the page reads (model.onnx, wrong_input.json, wrong_input.bin)" in out.strip().splitlines()[-1]
+    assert "lacks what the page reads (model.onnx, wrong_input.npz)" in out.strip().splitlines()[-1]
     assert "Traceback" not in out
 
 

@@ -46,14 +46,9 @@ and wrong-input verdict unchanged; metadata.json records both checks (`conversio
 float32 graph's). The card's figures were measured with the float32 network, so the stored
 weights move them only within that tolerance.
 
-The wrong-input reference goes to the page too (`web_reference`): BUNDLE/wrong_input.bin holds
-the arrays of wrong_input.npz as little-endian floats, and BUNDLE/wrong_input.json says where
-each one lies and carries the .bin's sha256 (the page checks it, as lungclf.bundle checks the
-.npz's). The precision matrix is symmetric, so only its upper triangle is written (as in the
-.npz since 2026-12-03), as float32 (3.3 MB for a 1280-wide one, where the full float64 matrix
-took 13 MB): the page computes each distance in float64 from it, and the export checks on the
-same images that the distances differ from Python's float64 ones by less than
-REFERENCE_TOLERANCE and no verdict changes.
+The page reads the bundle's wrong-input reference from wrong_input.npz itself, the app's own
+file (web/app.js reads its stored .npy arrays and checks its sha256 against metadata.json's
+`wrong_input.sha256`), so the export writes nothing for it.
 
 Needs requirements-web.txt (tf2onnx, onnx, onnxruntime) besides the app's requirements.
 """
@@ -72,7 +67,6 @@ import numpy as np
 
 from lungclf.schema import ONNX_OUTPUTS as OUTPUTS  # the contract names them once
 from lungclf.schema import OnnxWeights
-from lungclf.wrong_input import ROUNDING_TOLERANCE, unpack_upper
 from training.errors import ExportError, TrainingError, cli_errors
 
 OPSET = 17  # onnxruntime-web runs it on WebAssembly and WebGPU; the graph needs nothing newer
@@ -108,14 +102,6 @@ REQUIREMENTS = "pip install -r requirements-web.txt"
 WEIGHTS = get_args(OnnxWeights)  # ("float32", "float16"), as the contract names them
 FLOAT16_MIN_VALUES = 4096
 FLOAT16_TOLERANCE = {"probabilities": 0.02, "features": 0.02, "maps": 0.02}
-REFERENCE_FILE, REFERENCE_DATA = "wrong_input.json", "wrong_input.bin"
-REFERENCE_FORMAT = "lung-classifier-wrong-input-web/1"
-# The feature distance from the float32 precision against Python's float64 one, relative to the
-# threshold: float32 keeps 24 bits (6e-8 relative per entry), and a distance of D = 1280 terms
-# moves by about sqrt(D) * 6e-8 of its size; 1e-5 of the threshold is over 100x that, and a
-# verdict changes only for an image within 1e-5 of the limit (none of the images checked).
-REFERENCE_TOLERANCE = ROUNDING_TOLERANCE
-
 
 def _need_onnx():
     try:
@@ -424,81 +410,6 @@ def compare(bundle, path, names=None, x=None):
     return result
 
 
-def web_reference(reference, folder, precision_dtype="float32"):
-    """Write the wrong-input reference (lungclf.wrong_input.Reference) in the page's form to
-    folder/wrong_input.bin and folder/wrong_input.json (see the module's docstring); returns
-    the header written to the .json. Arrays, in this order, little-endian:
-
-        means            float64 (C, D)            full
-        stats_mean       float64 (8,)              full
-        stats_precision  float64 (8, 8)            full, row after row
-        precision        float32 (D, D)            upper triangle, row after row: (i, j) for j >= i
-                         (float64 where float32 would move a distance beyond the tolerance:
-                         Reference.precision_dtype, as for the .npz)
-        others           float64 (K, D)            full; only when the check knows wrong kinds
-                         (their names: metadata.json's wrong_input.known_wrong)
-    """
-    d = reference.feature_dim
-    packed = reference.arrays(precision_dtype)  # the .npz's arrays: the precision's upper triangle
-    parts = [("means", "float64", packed["means"], "full"),
-             ("stats_mean", "float64", packed["stats_mean"], "full"),
-             ("stats_precision", "float64", packed["stats_precision"], "full"),
-             ("precision", precision_dtype, packed["precision"], "upper")]
-    if "others" in packed:
-        parts.append(("others", "float64", packed["others"], "full"))
-    arrays, data, offset = [], [], 0
-    for name, dtype, a, layout in parts:
-        raw = np.ascontiguousarray(a, np.dtype(dtype).newbyteorder("<")).tobytes()
-        shape = [d, d] if name == "precision" else list(np.shape(getattr(reference, name)))
-        arrays.append({"name": name, "dtype": dtype, "shape": shape, "layout": layout,
-                       "offset": offset, "bytes": len(raw)})
-        data.append(raw)
-        offset += len(raw)
-    blob = b"".join(data)
-    header = {"format": REFERENCE_FORMAT, "file": REFERENCE_DATA, "sha256": hashlib.sha256(blob).hexdigest(),
-              "bytes": len(blob), "classes": int(reference.means.shape[0]), "feature_dim": d,
-              "arrays": arrays}
-    with open(os.path.join(folder, REFERENCE_DATA), "wb") as f:
-        f.write(blob)
-    with open(os.path.join(folder, REFERENCE_FILE), "w", encoding="utf-8") as f:
-        json.dump(header, f, indent=1)
-        f.write("\n")
-    return header
-
-
-def read_web_reference(folder):
-    """(header, {name: array}) of a reference written by web_reference, the precision unpacked to
-    a full (D, D) float64 matrix; ExportError when the .bin's sha256 is not the header's."""
-    with open(os.path.join(folder, REFERENCE_FILE), encoding="utf-8") as f:
-        header = json.load(f)
-    with open(os.path.join(folder, header["file"]), "rb") as f:
-        blob = f.read()
-    if hashlib.sha256(blob).hexdigest() != header["sha256"]:
-        raise ExportError(f"{header['file']}: sha256 differs from {REFERENCE_FILE}'s")
-    out = {}
-    for a in header["arrays"]:
-        v = np.frombuffer(blob, np.dtype(a["dtype"]).newbyteorder("<"), a["bytes"] // np.dtype(a["dtype"]).itemsize,
-                          a["offset"]).astype(np.float64)
-        if a["layout"] == "upper":
-            v = unpack_upper(v, a["shape"][0])
-        out[a["name"]] = v.reshape(a["shape"])
-    return header, out
-
-
-def check_web_reference(reference, arrays, features):
-    """Feature distances from the page's arrays against the reference's float64 ones, on features
-    (N, D): {"largest_distance_difference", "relative" (to the threshold), "same_verdict"}."""
-    from lungclf.wrong_input import Reference
-
-    web = Reference(arrays["means"], arrays["precision"], arrays["stats_mean"], arrays["stats_precision"],
-                    threshold=reference.threshold, others=arrays.get("others"), other_names=reference.other_names)
-    (d_ref, o_ref), (d_web, o_web) = reference.nearest(features), web.nearest(features)
-    largest = float(np.abs(d_ref - d_web).max())
-    return {"largest_distance_difference": largest, "relative": largest / float(reference.threshold),
-            "same_verdict": int((((d_ref > reference.threshold) == (d_web > reference.threshold))
-                                 & (o_ref == o_web)).sum())}
-
-
 def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
     """Export the bundle at folder to out (default folder/model.onnx) and check it; returns the
     dict for metadata.json. weights: "float32" or "float16" (store_float16); None: the bundle
@@ -541,7 +452,6 @@ def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
                 raise ExportError(f"{folder}: float16 weights change {check['images'] - check['same_label']} label(s) "
                                   f"and {check['images'] - same} wrong-input verdict(s) of {check['images']} images; "
                                   f"{FILE} not written (keep onnx_weights = \"float32\")")
-        reference = export_reference(bundle, tmp, x, os.path.dirname(os.path.abspath(out)))
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -564,7 +474,6 @@ def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
         "probabilities_difference": check["probabilities"],
         "same_label": check["same_label"],
         **({"wrong_input": check["wrong_input"]} if "wrong_input" in check else {}),
-        **({"reference": reference} if reference else {}),
         "versions": versions(),
     }
 
@@ -580,42 +489,6 @@ def _within(check, tolerance, folder, what=""):
             + ", ".join(f"{k} ({v:.3g}" + (f" of their scale {check['scale'][k]:.3g}" if k in OUTPUTS else "")
                         + f", > {tolerance[k]:g})" for k, v in over.items())
             + f", worst on {check['worst']['image']}; {FILE} not written")
-
-
-def export_reference(bundle, onnx_path, x, folder):
-    """The bundle's wrong-input reference in the page's form (web_reference) in folder, checked
-    on the ONNX features of the images x; returns {"file", "sha256", "data": {"file", "sha256",
-    "bytes"}, "check"} for metadata.json, or None for a bundle without a reference. Raises
-    ExportError (and removes both files) when a distance moves by more than REFERENCE_TOLERANCE
-    of the threshold or a verdict changes."""
-    from lungclf.bundle import sha256
-
-    reference = getattr(bundle, "reference", None)
-    if reference is None:
-        return None
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    features = session.run(["features"], {session.get_inputs()[0].name: x})[0]
-    # float32 halves the download; an ill-conditioned precision (a tiny network's few features)
-    # can need float64 to keep the distances within the tolerance: the .npz's rule, then the
-    # written file checked as the page reads it.
-    dtype = reference.precision_dtype(features)
-    header = web_reference(reference, folder, dtype)
-    _, arrays = read_web_reference(folder)
-    check = check_web_reference(reference, arrays, features)
-    check["precision_dtype"] = dtype
-    if not (check["relative"] <= REFERENCE_TOLERANCE and check["same_verdict"] == len(x)):
-        for name in (REFERENCE_FILE, REFERENCE_DATA):
-            os.remove(os.path.join(folder, name))
-        raise ExportError(f"{bundle.folder}: the page's wrong-input reference moves a distance by "
-                          f"{check['largest_distance_difference']:.3g} ({check['relative']:.3g} of the threshold, "
-                          f"> {REFERENCE_TOLERANCE:g}) or a verdict ({check['same_verdict']} of {len(x)} the same); "
-                          f"{REFERENCE_FILE} not written")
-    path = os.path.join(folder, REFERENCE_FILE)
-    return {"file": REFERENCE_FILE, "sha256": sha256(path), "format": REFERENCE_FORMAT,
-            "data": {"file": REFERENCE_DATA, "sha256": header["sha256"], "bytes": header["bytes"]},
-            "check": check}
 
 
 def record(folder, result):

@@ -1,5 +1,5 @@
 /**
- * The static page's one module: a model bundle (model.onnx + wrong_input.json/.bin + metadata.json)
+ * The static page's one module: a model bundle (model.onnx + wrong_input.npz + metadata.json)
  * run in the visitor's browser with onnxruntime-web, so the image never leaves the computer.
  *
  * Open web/index.html through any static server, e.g. from the repository root:
@@ -325,22 +325,77 @@ function packedTimes(packed, d, v) {
 
 const dot = (a, b) => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * b[i]; return s; };
 
-/** The reference of wrong_input.bin (training/export.py's web_reference) ready to measure:
- * the distance of f to class mean m is (f - m)' P (f - m) = f'Pf - 2 f'(Pm) + m'Pm, so one
- * product with P per image (Pm and m'Pm are computed here, once). */
-export function reference(header, buffer, spec, modality) {
-  const arrays = {};
-  for (const a of header.arrays) {
-    const Type = a.dtype === "float64" ? Float64Array : Float32Array;
-    arrays[a.name] = new Type(buffer.slice(a.offset, a.offset + a.bytes));
+/** The arrays of an .npz as numpy.savez writes it (lungclf.wrong_input.Reference.save): a zip of
+ * .npy files, stored, not compressed (zip64 sizes in each entry's extra field), little-endian
+ * floats in C order. Returns {name: {data: Float64Array | Float32Array, shape}}; throws
+ * BundleError for anything else, as numpy.load(allow_pickle=False) refuses object arrays. */
+export function readNpz(buffer) {
+  const view = new DataView(buffer), bytes = new Uint8Array(buffer), text = new TextDecoder();
+  const bad = (why) => new BundleError(`wrong_input.npz: ${why}`);
+  const out = {};
+  let at = 0;
+  while (at + 30 <= buffer.byteLength && view.getUint32(at, true) === 0x04034b50) {
+    const flags = view.getUint16(at + 6, true), method = view.getUint16(at + 8, true);
+    let size = view.getUint32(at + 18, true);
+    const nameLength = view.getUint16(at + 26, true), extraLength = view.getUint16(at + 28, true);
+    const name = text.decode(bytes.subarray(at + 30, at + 30 + nameLength));
+    if (method !== 0 || flags & 8) throw bad(`${name} is compressed or streamed; numpy.savez writes neither`);
+    for (let e = at + 30 + nameLength; size === 0xffffffff && e + 4 <= at + 30 + nameLength + extraLength;) {
+      const id = view.getUint16(e, true), length = view.getUint16(e + 2, true);
+      if (id === 1) size = Number(view.getBigUint64(e + 4 + 8, true)); // zip64: original size, then compressed
+      e += 4 + length;
+    }
+    const start = at + 30 + nameLength + extraLength;
+    if (size === 0xffffffff || start + size > buffer.byteLength) throw bad(`${name} is cut short`);
+    const npy = bytes.subarray(start, start + size);
+    if (npy[0] !== 0x93 || text.decode(npy.subarray(1, 6)) !== "NUMPY") throw bad(`${name} is not an .npy array`);
+    const headerLength = npy[6] === 1 ? view.getUint16(start + 8, true) : view.getUint32(start + 8, true);
+    const headerStart = npy[6] === 1 ? 10 : 12, header = text.decode(npy.subarray(headerStart, headerStart + headerLength));
+    const descr = /'descr': '([^']*)'/.exec(header), fortran = /'fortran_order': (True|False)/.exec(header);
+    const shape = /'shape': \(([^)]*)\)/.exec(header);
+    const Type = { "<f8": Float64Array, "<f4": Float32Array }[descr && descr[1]];
+    if (!Type || !fortran || fortran[1] !== "False" || !shape) throw bad(`${name} is not a little-endian float array in C order`);
+    const dims = shape[1].split(",").map((v) => v.trim()).filter(Boolean).map(Number);
+    const n = dims.reduce((a, b) => a * b, 1), offset = start + headerStart + headerLength;
+    if (offset + n * Type.BYTES_PER_ELEMENT > start + size) throw bad(`${name} is shorter than its shape`);
+    out[name.replace(/\.npy$/, "")] = { data: new Type(buffer.slice(offset, offset + n * Type.BYTES_PER_ELEMENT)), shape: dims };
+    at = start + size;
   }
-  const d = header.feature_dim, prepared = (all, n) => Array.from({ length: n }, (_, c) => {
-    const m = all.subarray(c * d, (c + 1) * d), pm = packedTimes(arrays.precision, d, m);
+  return out;
+}
+
+/** The upper triangle, row after row, of a full symmetric (d, d) matrix: how bundles written
+ * before 2026-12-03 store the precision (lungclf.wrong_input.Reference.load reads both). */
+function packUpper(full, d) {
+  const packed = new Float64Array((d * (d + 1)) / 2);
+  for (let i = 0, k = 0; i < d; i++) for (let j = i; j < d; j++) packed[k++] = full[i * d + j];
+  return packed;
+}
+
+/** The bundle's wrong_input.npz (readNpz's arrays; the app's own file) ready to measure, checked
+ * as lungclf.wrong_input.Reference.load checks it: the distance of f to class mean m is
+ * (f - m)' P (f - m) = f'Pf - 2 f'(Pm) + m'Pm, so one product with P per image (Pm and m'Pm are
+ * computed here, once). */
+export function reference(arrays, spec, modality, classes) {
+  const d = spec.feature_dim, otherNames = spec.known_wrong || [];
+  const shapes = { means: [classes, d], stats_mean: [8], stats_precision: [8, 8] };
+  if (otherNames.length) shapes.others = [otherNames.length, d];
+  for (const [name, shape] of Object.entries(shapes)) {
+    if (!arrays[name] || arrays[name].shape.join() !== shape.join()) {
+      throw new BundleError(`wrong_input.npz: ${name} should be a float array of shape [${shape}]`);
+    }
+  }
+  const p = arrays.precision, full = p && p.shape.join() === [d, d].join();
+  if (!p || !(full || p.shape.join() === String((d * (d + 1)) / 2))) {
+    throw new BundleError(`wrong_input.npz: precision should be a float array of shape [${(d * (d + 1)) / 2}]`);
+  }
+  const packed = full ? packUpper(p.data, d) : p.data;
+  const prepared = (all, n) => Array.from({ length: n }, (_, c) => {
+    const m = all.subarray(c * d, (c + 1) * d), pm = packedTimes(packed, d, m);
     return { m, pm, mpm: dot(m, pm) };
   });
-  const otherNames = spec.known_wrong || [];
-  return { d, means: prepared(arrays.means, header.classes), others: arrays.others ? prepared(arrays.others, otherNames.length) : [],
-           otherNames, packed: arrays.precision, statsMean: arrays.stats_mean, statsPrecision: arrays.stats_precision,
+  return { d, means: prepared(arrays.means.data, classes), others: otherNames.length ? prepared(arrays.others.data, otherNames.length) : [],
+           otherNames, packed, statsMean: arrays.stats_mean.data, statsPrecision: arrays.stats_precision.data,
            threshold: spec.threshold, statsThreshold: spec.stats_threshold, colourRange: spec.colour_range,
            quantile: spec.quantile, modality };
 }
@@ -443,27 +498,21 @@ async function loadBundle(base, ort) {
   const onnx = meta.onnx;
   if (!onnx) throw new BundleError("metadata.json has no onnx block: export the bundle first (python -m training.export BUNDLE).");
   if (onnx.source_sha256 !== meta.model.sha256) throw new BundleError("model.onnx was not exported from this bundle's model.keras.");
-  const ref = onnx.reference;
-  if (meta.wrong_input && !ref) { // the app would check; answering without the check is no answer of the app's
-    throw new BundleError("this bundle's wrong-input check has no form for the page: export it again (python -m training.export BUNDLE).");
-  }
+  const ref = meta.wrong_input; // the app's own reference file, read as the app reads it
   const examples = (meta.examples || []).map((e) => ({ ...e, blob: get(e.file, "blob") }));
-  const [model, refHeader] = await Promise.all([get(onnx.file), ref ? get(ref.file) : null]);
+  const [model, refData] = await Promise.all([get(onnx.file), ref ? get(ref.file) : null]);
   if (await sha256(model) !== onnx.sha256) throw new BundleError(`sha256 of ${onnx.file} does not match metadata.json; refusing to load it.`);
   let check = null;
   if (ref) {
-    if (await sha256(refHeader) !== ref.sha256) throw new BundleError(`sha256 of ${ref.file} does not match metadata.json; refusing to load it.`);
-    const header = JSON.parse(new TextDecoder().decode(refHeader));
-    const data = await get(header.file);
-    if (await sha256(data) !== header.sha256) throw new BundleError(`sha256 of ${header.file} does not match ${ref.file}; refusing to load it.`);
-    check = reference(header, data, meta.wrong_input, meta.task.modality);
+    if (await sha256(refData) !== ref.sha256) throw new BundleError(`sha256 of ${ref.file} does not match metadata.json; refusing to load it.`);
+    check = reference(readNpz(refData), ref, meta.task.modality, meta.classes.length);
   }
   const session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   for (const e of examples) e.blob = await e.blob; // all here now: nothing is fetched after this
   const size = meta.preprocessing.input_size[0];
   const texts = classes.labels.map((l) => (classes.names || {})[l] || l);
   return { meta, classes, texts, size, session, check, examples, temperature: meta.calibration.temperature,
-           bytes: model.byteLength + (refHeader ? refHeader.byteLength : 0) };
+           bytes: model.byteLength + (refData ? refData.byteLength : 0) };
 }
 
 /** One image through the bundle: the app's Answer for it (probabilities, verdict, grid), plus the
