@@ -343,39 +343,23 @@ def test_an_unpinned_hub_model_is_refused_before_anything_is_fetched(browser, si
         context.close()
 
 
-def test_a_changed_model_file_is_refused_by_its_sha256(browser, site):
+@pytest.mark.parametrize("name", ["model.onnx", "wrong_input.npz"])
+def test_a_changed_file_is_refused_by_its_sha256(browser, site, name):
+    """The page checks each file it reads by the sha256 metadata.json gives it, as lungclf.bundle
+    does: model.onnx, and the app's own wrong-input reference. One changed byte and the page
+    refuses to answer."""
     url, root = site
-    copy = root / "models" / "changed"
+    copy = root / "models" / f"changed_{name.replace('.', '_')}"
     shutil.copytree(bundle_folder(site, "lc25000"), copy)
-    data = bytearray((copy / "model.onnx").read_bytes())
-    data[-1] ^= 1
-    (copy / "model.onnx").write_bytes(bytes(data))
-    context = browser.new_context()
-    page = context.new_page()
-    try:
-        page.goto(f"{url}/web/?model=../models/changed/")
-        page.wait_for_function("document.body.dataset.state === 'failed'", timeout=60_000)
-        assert "sha256 of model.onnx does not match metadata.json" in page.inner_text("#status")
-    finally:
-        context.close()
-
-
-def test_a_changed_reference_is_refused(browser, site):
-    """The page reads the app's own wrong_input.npz, checked by the sha256 metadata.json gives it,
-    as lungclf.bundle checks it: a changed byte and the page refuses to answer."""
-    url, root = site
-    copy = root / "models" / "changed_reference"
-    shutil.copytree(bundle_folder(site, "lc25000"), copy)
-    npz = copy / "wrong_input.npz"
-    data = bytearray(npz.read_bytes())
+    data = bytearray((copy / name).read_bytes())
     data[-100] ^= 1
-    npz.write_bytes(bytes(data))
+    (copy / name).write_bytes(bytes(data))
     context = browser.new_context()
     page = context.new_page()
     try:
-        page.goto(f"{url}/web/?model=../models/changed_reference/")
+        page.goto(f"{url}/web/?model=../models/{copy.name}/")
         page.wait_for_function("document.body.dataset.state === 'failed'", timeout=60_000)
-        assert "sha256 of wrong_input.npz does not match metadata.json" in page.inner_text("#status")
+        assert f"sha256 of {name} does not match metadata.json" in page.inner_text("#status")
     finally:
         context.close()
 
