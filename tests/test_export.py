@@ -234,7 +234,7 @@ def test_a_float16_export_records_both_checks_and_its_recipe(tmp_path):
 def test_float16_weights_beyond_their_tolerance_are_refused_and_nothing_is_written(tmp_path, monkeypatch):
     """The stored weights are checked as the float32 graph is: an export whose float16 file moves
     an answer beyond FLOAT16_TOLERANCE (here a tolerance no rounding meets) fails, says so, and
-    leaves neither model.onnx nor the page's reference."""
+    leaves no model.onnx."""
     from training import export as ex
     from training.errors import ExportError
 
