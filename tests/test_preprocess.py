@@ -188,11 +188,9 @@ def test_app_through_gradio_sees_the_tensor_training_sees(tmp_path, tiny_bundle,
     for it, probs in zip(kept, expected):
         got = client.predict(handle_file(os.path.join(tmp_path, it.path)), api_name="/predict")[0]
         by_label = confidences(got)
-        # The app serves model.onnx, a float32 copy of model.keras within 1e-5 here: equal
-        # tensors give answers within 1e-4, while a turned or mis-scaled picture moves them more.
+        # The app serves model.onnx, model.keras's float32 copy (within 1e-5 here), so equal
+        # tensors give answers within 1e-4, not equal to the fifth decimal. The pixels themselves
+        # are compared in test_exif_orientation_is_applied and the tests above: the tiny model
+        # tells colours apart, and may answer a turned picture as it does the upright one.
         np.testing.assert_allclose([by_label[lab] for lab in labels], probs, atol=1e-4, err_msg=it.path)
     assert sorted(os.path.basename(it.path) for it in kept) == sorted(names)
-    # The bound can tell: the same picture turned on its side, without EXIF, answers otherwise.
-    Image.fromarray(np.rot90(picture(), k=1).copy()).save(tmp_path / "turned.jpg", quality=95)
-    turned = confidences(client.predict(handle_file(str(tmp_path / "turned.jpg")), api_name="/predict")[0])
-    assert np.abs(np.array([turned[lab] for lab in labels]) - expected[0]).max() > 1e-3
