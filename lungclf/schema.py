@@ -172,8 +172,8 @@ class OnnxFile:
     features and maps. The app serves it with ONNX Runtime when it is there; the static page
     runs it in the browser. The export's check (differences from Keras per output, the images,
     the versions) is kept in the raw block for the card. The page reads the wrong-input
-    reference from wrong_input.npz, as the app does; exports before 2026-12-04 also wrote a copy
-    for it (wrong_input.json/.bin, `reference` here), which nothing reads now."""
+    reference from wrong_input.npz, as the app does; exports before 2026-12-03's evening also
+    wrote a copy for it (wrong_input.json/.bin, `reference` here), which nothing reads now."""
 
     sha256: str  # of `file`, checked before it is read
     source_sha256: str  # sha256 of the model.keras it was exported from: must be this bundle's

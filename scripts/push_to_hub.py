@@ -56,6 +56,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lungclf.bundle import ALLOW_PATTERNS, BundleError, verify  # noqa: E402
+from lungclf.wrong_input import FILE as REFERENCE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What earlier exports wrote for the page (a copy of wrong_input.npz), removed from the repo on push.
@@ -193,7 +194,7 @@ def web_space(space_id, model_spec, private=False, commit_message=None):
     held = set(api.list_repo_files(repo, revision=commit))
     with open(hf_hub_download(repo, "metadata.json", revision=commit), encoding="utf-8") as f:
         meta = json.load(f)
-    needed = NEEDED_BY_PAGE + ([meta["wrong_input"].get("file", "wrong_input.npz")] if meta.get("wrong_input") else [])
+    needed = NEEDED_BY_PAGE + ([meta["wrong_input"].get("file", REFERENCE)] if meta.get("wrong_input") else [])
     missing = [f for f in needed if f not in held]
     if missing or not meta.get("onnx"):
         fail(f"{repo}@{commit[:12]} lacks what the page reads ({', '.join(missing) or 'onnx in metadata.json'}): "

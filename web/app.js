@@ -378,18 +378,16 @@ function packUpper(full, d) {
  * computed here, once). */
 export function reference(arrays, spec, modality, classes) {
   const d = spec.feature_dim, otherNames = spec.known_wrong || [];
-  const shapes = { means: [classes, d], stats_mean: [8], stats_precision: [8, 8] };
-  if (otherNames.length) shapes.others = [otherNames.length, d];
-  for (const [name, shape] of Object.entries(shapes)) {
-    if (!arrays[name] || arrays[name].shape.join() !== shape.join()) {
-      throw new BundleError(`wrong_input.npz: ${name} should be a float array of shape [${shape}]`);
+  // each array's shape, the first the one written now (the precision: its upper triangle, or full)
+  const shapes = { means: [[classes, d]], precision: [[(d * (d + 1)) / 2], [d, d]], stats_mean: [[8]],
+                   stats_precision: [[8, 8]] };
+  if (otherNames.length) shapes.others = [[otherNames.length, d]];
+  for (const [name, allowed] of Object.entries(shapes)) {
+    if (!arrays[name] || !allowed.some((shape) => arrays[name].shape.join() === shape.join())) {
+      throw new BundleError(`wrong_input.npz: ${name} should be a float array of shape [${allowed[0]}]`);
     }
   }
-  const p = arrays.precision, full = p && p.shape.join() === [d, d].join();
-  if (!p || !(full || p.shape.join() === String((d * (d + 1)) / 2))) {
-    throw new BundleError(`wrong_input.npz: precision should be a float array of shape [${(d * (d + 1)) / 2}]`);
-  }
-  const packed = full ? packUpper(p.data, d) : p.data;
+  const p = arrays.precision, packed = p.shape.length === 2 ? packUpper(p.data, d) : p.data;
   const prepared = (all, n) => Array.from({ length: n }, (_, c) => {
     const m = all.subarray(c * d, (c + 1) * d), pm = packedTimes(packed, d, m);
     return { m, pm, mpm: dot(m, pm) };
