@@ -42,7 +42,9 @@ RESIZE = "squash-area-down-linear-up"
 # preprocessing), so the app feeds 0..255 and no client needs to know the scaling.
 SCALING = "in-model"
 ONNX_OUTPUTS = ("logits", "features", "maps")  # model.onnx's outputs, in this order (training/export.py)
-OnnxWeights = Literal["float32", "float16"]  # how model.onnx stores its large constants (computed in float32)
+# How model.keras and model.onnx store their large weights: float16 rounds each to 11 bits and
+# halves the bytes; both still compute in float32 (training/export.py)
+StoredWeights = Literal["float32", "float16"]
 VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose", "transverse")
 
 
@@ -80,6 +82,7 @@ class ModelInfo:
     initial_weights: str = "random"
     width: int | None = None  # first-stage channels of compact/resnet; None where it means nothing
     pretrained: dict | None = None  # starting weights' architecture, package, version, licence, origin
+    weights: StoredWeights = "float32"  # float16: the large weights rounded and stored in half the bytes
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ class OnnxFile:
     tolerance: dict[str, float]  # per output: the largest relative difference the export allowed
     probabilities_difference: float | None = None  # largest difference of the calibrated probabilities
     file: Literal["model.onnx"] = "model.onnx"
-    weights: OnnxWeights = "float32"
+    weights: StoredWeights = "float32"
     outputs: list[Literal[ONNX_OUTPUTS]] = field(default_factory=lambda: list(ONNX_OUTPUTS))
 
 

@@ -91,7 +91,7 @@ def test_the_dict_for_metadata(exported):
     conversion = result.get("conversion", result)
     for k in ("logits", "features", "maps"):
         assert 0 <= conversion["relative_difference"][k] <= conversion["tolerance"][k] == 1e-3
-    assert result["weights"] == Recipe.from_bundle(bundle.folder).onnx_weights  # float16 for chest CT
+    assert result["weights"] == Recipe.from_bundle(bundle.folder).stored_weights  # float16 for chest CT
     if result["weights"] == "float16":
         from training.export import FLOAT16_TOLERANCE
 
@@ -166,7 +166,7 @@ def test_a_wrong_conversion_fails_and_writes_nothing(tmp_path, monkeypatch):
         onnx.save(proto, path)
 
     monkeypatch.setattr(ex, "to_onnx", damaged)
-    with pytest.raises(ExportError, match=r"differ by more than the tolerance on logits .*model.onnx not written"):
+    with pytest.raises(ExportError, match=r"differ by more than the tolerance on logits .*nothing written"):
         ex.export(folder, str(second))
     assert damaged.sha256 == sha256(first)
     assert os.listdir(tmp_path / "a") == ["model.onnx"]  # the page reads the bundle's own wrong_input.npz
@@ -209,7 +209,7 @@ def test_a_float16_export_records_both_checks_and_its_recipe(tmp_path):
     """--weights float16 on a copy of the default bundle: model.onnx in about half the bytes,
     the float32 conversion held to 1e-3 and the stored weights to FLOAT16_TOLERANCE, every check
     image with the same label and verdict; recorded, the bundle still verifies, its recipe.json
-    says onnx_weights = "float16", and its card says how the file is stored."""
+    says stored_weights = "float16", and its card says how the file is stored."""
     import shutil
 
     from lungclf.bundle import verify
@@ -224,26 +224,68 @@ def test_a_float16_export_records_both_checks_and_its_recipe(tmp_path):
     assert max(result["conversion"]["relative_difference"].values()) <= 1e-3
     assert result["probabilities_difference"] <= ex.FLOAT16_TOLERANCE["probabilities"]
     assert result["same_label"] == result["wrong_input"]["same_verdict"] == result["checked_on"]
+    # model.keras rounded the same way, recorded, and checked: the served file against the trained network
+    keras_before = os.path.getsize(ROOT + "/models/lc25000/model.keras")
+    assert result["keras"]["weights"] == "float16" and result["keras"]["stored"] > 0
+    assert result["keras"]["bytes"] == os.path.getsize(folder / "model.keras") < 0.7 * keras_before  # the config stays
+    assert result["source_sha256"] == result["keras"]["sha256"] == sha256(folder / "model.keras")
+    trained = result["trained"]
+    assert trained["probabilities_difference"] <= ex.FLOAT16_TOLERANCE["probabilities"]
+    assert trained["same_label"] == trained["wrong_input"]["same_verdict"] == result["checked_on"]
     ex.record(str(folder), result)
-    verify(str(folder))
-    assert Recipe.from_bundle(str(folder)).onnx_weights == "float16"
-    assert "its large weights stored as float16" in (folder / "README.md").read_text()
+    meta = verify(str(folder))[0]
+    assert (meta.model.weights, meta.model.sha256) == ("float16", result["keras"]["sha256"])
+    assert Recipe.from_bundle(str(folder)).stored_weights == "float16"
+    card = (folder / "README.md").read_text()
+    assert "its large weights stored as float16" in card and "`model.keras` holds the same rounded weights" in card
+    # exported again: nothing left to round, the same two files, and the check against the trained network kept
+    again = ex.export(str(folder))
+    assert (again["sha256"], again["keras"]["sha256"]) == (result["sha256"], result["keras"]["sha256"])
+    assert again["keras"]["stored"] == result["keras"]["stored"] and again["trained"] == trained
 
 
 @pytest.mark.slow
 def test_float16_weights_beyond_their_tolerance_are_refused_and_nothing_is_written(tmp_path, monkeypatch):
-    """The stored weights are checked as the float32 graph is: an export whose float16 file moves
+    """The stored weights are checked as the float32 graph is: an export whose float16 files move
     an answer beyond FLOAT16_TOLERANCE (here a tolerance no rounding meets) fails, says so, and
-    leaves no model.onnx."""
+    changes nothing in the bundle: model.keras and model.onnx keep their bytes, no partial file."""
+    import shutil
+
     from training import export as ex
     from training.errors import ExportError
 
+    folder = tmp_path / "bundle"
+    shutil.copytree(os.path.join(ROOT, "models", "lc25000"), folder)
+    before = {n: sha256(folder / n) for n in os.listdir(folder) if os.path.isfile(folder / n)}
     monkeypatch.setattr(ex, "FLOAT16_TOLERANCE", {"probabilities": 1e-12, "features": 1e-12, "maps": 1e-12})
-    out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match=r"with its weights in float16 and Keras differ by more than the tolerance"
-                                          r".*model.onnx not written"):
-        ex.export(os.path.join(ROOT, "models", "lc25000"), str(out), weights="float16")
-    assert os.listdir(tmp_path) == []
+                                          r".*nothing written"):
+        ex.export(str(folder), weights="float16")
+    assert {n: sha256(folder / n) for n in os.listdir(folder) if os.path.isfile(folder / n)} == before
+
+
+def test_float16_keras_storage_rounds_large_weights_and_reads_back_as_float32(tmp_path):
+    """store_keras_float16: a weight of 4,096 values or more is stored as float16 in the .keras
+    file and read back by Keras into a float32 variable, rounded; a small one (a bias) is kept
+    exactly; a second pass rounds nothing and keeps the file's bytes."""
+    import keras
+
+    from training.export import store_keras_float16
+
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((128,)), keras.layers.Dense(64)])
+    kernel, bias = rng.normal(size=(128, 64)).astype(np.float32), rng.normal(size=(64,)).astype(np.float32)
+    model.layers[0].set_weights([kernel, bias])
+    src, dst, again = (str(tmp_path / f"{n}.keras") for n in ("src", "dst", "again"))
+    model.save(src)
+    assert store_keras_float16(src, dst) == (1, 1)
+    loaded = keras.saving.load_model(dst, safe_mode=True)
+    k, b = loaded.layers[0].get_weights()
+    assert k.dtype == b.dtype == np.float32
+    np.testing.assert_array_equal(k, kernel.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(k, kernel) and np.array_equal(b, bias)
+    assert os.path.getsize(dst) < os.path.getsize(src) - 0.4 * kernel.nbytes
+    assert store_keras_float16(dst, again) == (1, 0) and sha256(again) == sha256(dst)
 
 
 def test_missing_packages_say_what_to_install(monkeypatch):

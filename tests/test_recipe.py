@@ -32,6 +32,13 @@ def test_an_unknown_setting_is_refused_naming_it(tmp_path):
         Recipe.from_file(str(path))
 
 
+def test_a_recipe_written_with_a_settings_old_name_still_reads(tmp_path):
+    """stored_weights was onnx_weights until 2026-12-04: older bundles' recipe.json keep reading."""
+    path = tmp_path / "recipe.json"
+    path.write_text('{"data": "d", "onnx_weights": "float16"}')
+    assert Recipe.from_file(str(path)) == Recipe(data="d", stored_weights="float16")
+
+
 @pytest.mark.parametrize("text, field", [('image_size = "big"', "image_size"), ('method = "magic"', "method"),
                                          ("views = [1]", "views"), ("seed = true", "seed")])
 def test_a_setting_of_the_wrong_kind_is_refused_naming_it(tmp_path, text, field):

@@ -186,9 +186,9 @@ def test_a_candidate_over_the_page_budget_is_not_chosen():
 
 @pytest.mark.parametrize("name", ["chest_ct", "iq_othnccd"])
 def test_the_page_and_bundle_estimates_are_what_the_committed_bundles_weigh(name):
-    """The budget's estimates (model.onnx at 2 or 4 bytes a parameter, model.keras at 4, the
+    """The budget's estimates (model.onnx and model.keras at 2 or 4 bytes a parameter, the
     reference's upper triangle in float32, 1 MB for the rest) against the committed CT bundles'
-    files (both store model.onnx's weights as float16)."""
+    files (both store their large weights as float16)."""
     from training.recipe import Recipe
     from training.select import sizes
 
@@ -217,12 +217,12 @@ def test_the_bundle_budget_leaves_out_a_candidate_whose_bundle_is_too_big():
 
 def test_a_finetune_state_ignores_settings_that_do_not_change_the_fit():
     """A fine-tuned candidate's finished folds stay valid when only its name, notes, wrong-input
-    settings or model.onnx's storage change, and not when a fitting setting does."""
+    settings or the weights' storage change, and not when a fitting setting does."""
     from training.recipe import Recipe
     from training.select import fold_key
 
     r = Recipe(data="d", epochs=12)
-    same = r.replace(name="x", notes="why", onnx_weights="float16", ood_data=["o"], wrong_input_quantile=0.1, examples=0)
+    same = r.replace(name="x", notes="why", stored_weights="float16", ood_data=["o"], wrong_input_quantile=0.1, examples=0)
     assert fold_key(same) == fold_key(r)
     assert fold_key(r.replace(lr=1e-4)) != fold_key(r) != fold_key(r.replace(image_size=160))
 

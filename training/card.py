@@ -213,10 +213,21 @@ def _served_file(meta):
     o = meta["onnx"]
     text = f"**Served file.** The app and the page run `model.onnx` ({o['bytes'] / 1e6:.1f} MB"
     if o.get("weights") == "float16":
-        text += (", its large weights stored as float16 and computed in float32). The figures above were "
-                 f"measured with the float32 network; on the export's {o['checked_on']} check images the "
-                 f"served probabilities differ from it by at most {o['probabilities_difference']:.4f}, and "
-                 "every one keeps its label and wrong-input verdict")
+        m = meta["model"]
+        keras = (f"; `model.keras` holds the same rounded weights, {m['bytes'] / 1e6:.1f} MB"
+                 if m.get("weights") == "float16" and m.get("bytes") else "")
+        # `trained`: against model.keras before the export rounded it (exports before 2026-12-04
+        # left model.keras in float32, so their own difference is the one from the trained network)
+        trained = o.get("trained") or (None if keras else o)
+        text += f", its large weights stored as float16 and computed in float32{keras})."
+        if trained:
+            text += (f" The figures above were measured with the float32 network as trained; on the export's "
+                     f"{o['checked_on']} check images the served probabilities differ from it by at most "
+                     f"{trained['probabilities_difference']:.4f}, and every one keeps its label and wrong-input "
+                     "verdict")
+        else:
+            text += (" The figures above were measured with the float32 network as trained, before an earlier "
+                     "export rounded model.keras")
     else:
         text += (f"), within {max(o['relative_difference'].values()):.1e} of the Keras network on the "
                  f"export's {o['checked_on']} check images, relative to each output's scale")

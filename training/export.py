@@ -38,13 +38,17 @@ largest difference, relative to its output's scale, above TOLERANCE fails the ex
 (ExportError; no file is left at the destination), and `export` returns what metadata.json
 will record (opset, differences, tolerance, versions, sha256 and size of model.onnx).
 
-Float16 weights (a recipe's `onnx_weights = "float16"`, or --weights float16): after the
+Float16 weights (a recipe's `stored_weights = "float16"`, or --weights float16): the bundle's
+model.keras is first rewritten with its large weights stored as float16 (store_keras_float16;
+Keras reads them back into float32 variables), and model.onnx exported from it; after the
 float32 graph passes that check, its large constants are stored as float16 and read back by
-Casts to float32 (`store_float16`): half the bytes to download, the same float32 arithmetic.
-The written file is then checked again against Keras, with FLOAT16_TOLERANCE and every label
-and wrong-input verdict unchanged; metadata.json records both checks (`conversion`: the
-float32 graph's). The card's figures were measured with the float32 network, so the stored
-weights move them only within that tolerance.
+Casts to float32 (`store_float16`): half the bytes in both files, the same float32 arithmetic.
+The written file is then checked again, against the rounded Keras network and against the
+network as trained (`trained`), with FLOAT16_TOLERANCE and every label and wrong-input
+verdict unchanged; metadata.json records the checks (`conversion`: the float32 graph's) and
+the rounded model.keras (its `model` block: sha256, bytes, weights). The card's figures were
+measured with the float32 network as trained, so the stored weights move them only within
+that tolerance. Exporting such a bundle again rounds nothing more and writes the same files.
 
 The page reads the bundle's wrong-input reference from wrong_input.npz itself, the app's own
 file (web/app.js reads its stored .npy arrays and checks its sha256 against metadata.json's
@@ -66,7 +70,7 @@ from typing import get_args
 import numpy as np
 
 from lungclf.schema import ONNX_OUTPUTS as OUTPUTS  # the contract names them once
-from lungclf.schema import OnnxWeights
+from lungclf.schema import StoredWeights
 from training.errors import ExportError, TrainingError, cli_errors
 
 OPSET = 17  # onnxruntime-web runs it on WebAssembly and WebGPU; the graph needs nothing newer
@@ -89,7 +93,7 @@ FILE = "model.onnx"
 # wrong constant) gives differences of order 1.
 TOLERANCE = {"logits": 1e-3, "features": 1e-3, "maps": 1e-3}
 REQUIREMENTS = "pip install -r requirements-web.txt"
-# onnx_weights = "float16" (a recipe's field, or --weights): the constants of at least
+# stored_weights = "float16" (a recipe's field, or --weights): the constants of at least
 # FLOAT16_MIN_VALUES values are stored as float16 (store_float16), half the bytes. The float32
 # graph is first held to TOLERANCE (the conversion); the written one to FLOAT16_TOLERANCE, with
 # every label and wrong-input verdict of the check images the same. float16 keeps 11 bits (5e-4
@@ -99,7 +103,7 @@ REQUIREMENTS = "pip install -r requirements-web.txt"
 # no label or verdict changed. On the check's made-up images the logits move further (0.12 of
 # the temperature on noise, whose logits are large) while the probabilities, saturated there,
 # move 0.005: so the probabilities are bounded, what a visitor reads, not the logits.
-WEIGHTS = get_args(OnnxWeights)  # ("float32", "float16"), as the contract names them
+WEIGHTS = get_args(StoredWeights)  # ("float32", "float16"), as the contract names them
 FLOAT16_MIN_VALUES = 4096
 FLOAT16_TOLERANCE = {"probabilities": 0.02, "features": 0.02, "maps": 0.02}
 
@@ -291,6 +295,48 @@ def store_float16(path, min_values=FLOAT16_MIN_VALUES):
     return stored
 
 
+def store_keras_float16(src, dst, min_values=FLOAT16_MIN_VALUES):
+    """Write a copy of the Keras file src to dst with every float32 weight of at least
+    min_values values stored as float16 (in the .keras zip's model.weights.h5; the config and
+    the smaller weights as they are). Keras reads them back into its float32 variables, so the
+    network computes in float32 on weights rounded to 11 bits, the same rule as store_float16's
+    for model.onnx: half the bytes. Returns (weights stored as float16, of them rounded now: 0
+    when src was written by this function already, and dst then has src's bytes)."""
+    import zipfile
+
+    import h5py
+
+    stored = rounded = 0
+    with zipfile.ZipFile(src) as z:
+        entries = [(info, z.read(info.filename)) for info in z.infolist()]
+    weights = io.BytesIO()
+    with h5py.File(io.BytesIO(dict((i.filename, b) for i, b in entries)["model.weights.h5"]), "r") as fi, \
+            h5py.File(weights, "w", track_order=False) as fo:
+        fo.attrs.update(fi.attrs)
+
+        def copy(name, obj):
+            nonlocal stored, rounded
+            if isinstance(obj, h5py.Group):
+                fo.require_group(name).attrs.update(obj.attrs)
+                return
+            a = obj[()]
+            if a.dtype in (np.float32, np.float16) and a.size >= min_values:
+                stored += 1
+                rounded += a.dtype == np.float32
+                a = a.astype(np.float16)
+            fo.create_dataset(name, data=a).attrs.update(obj.attrs)
+
+        fi.visititems(copy)
+    with zipfile.ZipFile(dst, "w") as z:
+        for info, data in entries:
+            z.writestr(info, weights.getvalue() if info.filename == "model.weights.h5" else data)
+    if not rounded:
+        import shutil
+
+        shutil.copyfile(src, dst)  # the same weights: keep the file's bytes (and sha256)
+    return stored, rounded
+
+
 # ---------------------------------------------------------------- the images it is checked on
 
 def made_images(size, seed=0):
@@ -412,10 +458,18 @@ def compare(bundle, path, names=None, x=None):
 
 def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
     """Export the bundle at folder to out (default folder/model.onnx) and check it; returns the
-    dict for metadata.json. weights: "float32" or "float16" (store_float16); None: the bundle
-    recipe's onnx_weights (float32 for a bundle without a recipe). Raises ExportError when ONNX
-    Runtime and Keras differ by more than the tolerance, or float16 weights change a label or
-    a verdict (the file is then not written), or when the export itself fails."""
+    dict for metadata.json. weights: "float32" or "float16"; None: the bundle recipe's
+    stored_weights (float32 for a bundle without a recipe). With float16, the bundle's own
+    model.keras is rounded too (store_keras_float16; not when out is elsewhere), the ONNX file
+    exported from it, and both checked against the trained network (`trained`); the result's
+    "keras" block says what record() writes into metadata.json's model block. Raises
+    ExportError when ONNX Runtime and Keras differ by more than the tolerance, or float16
+    weights change a label or a verdict (no file is then written or changed), or when the
+    export itself fails."""
+    from dataclasses import replace
+
+    import keras
+
     from lungclf.bundle import BundleError, load, sha256
     from training.recipe import Recipe, RecipeError
 
@@ -427,35 +481,56 @@ def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
         raise TrainingError(f"refused: {e}") from None
     if weights is None:
         try:
-            weights = Recipe.from_bundle(bundle.folder).onnx_weights
+            weights = Recipe.from_bundle(bundle.folder).stored_weights
         except RecipeError:
             weights = "float32"
     if weights not in WEIGHTS:
         raise ExportError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
     out = out or os.path.join(bundle.folder, FILE)
-    tmp = f"{out}.partial"
-    conversion = None
+    keras_path = os.path.join(bundle.folder, "model.keras")
+    own = os.path.abspath(out) == os.path.abspath(os.path.join(bundle.folder, FILE))
+    tmp, keras_tmp = f"{out}.partial", os.path.join(bundle.folder, "model.partial.keras")  # Keras reads .keras only
+    conversion, trained, keras_block = None, None, None
+    source = bundle  # the Keras network the ONNX file is exported from and checked against
     try:
-        to_onnx(bundle.model, tmp, opset, bundle.meta.model.sha256)
+        if weights == "float16" and own:
+            stored, rounded = store_keras_float16(keras_path, keras_tmp)
+            keras_block = {"weights": "float16", "sha256": sha256(keras_tmp), "bytes": os.path.getsize(keras_tmp),
+                           "stored": stored}
+            if rounded:  # else an earlier export stored them: the same file
+                source = replace(bundle, model=keras.saving.load_model(keras_tmp, safe_mode=True))
+        to_onnx(source.model, tmp, opset, keras_block["sha256"] if keras_block else bundle.meta.model.sha256)
         names, x = check_images(bundle.folder, bundle.input_size)
-        check = compare(bundle, tmp, names, x)
+        check = compare(source, tmp, names, x)
         _within(check, tolerance, folder)
         if weights == "float16":
-            # the conversion is held to the float32 tolerance above; then the stored weights
+            # the conversion is held to the float32 tolerance above; then the stored weights,
+            # against model.keras as written and against the network as trained
             conversion = {k: check[k] for k in ("largest_difference", "relative_difference")} | {"tolerance": tolerance}
             store_float16(tmp)
-            check = compare(bundle, tmp, names, x)
+            check = compare(source, tmp, names, x)
             tolerance = {**FLOAT16_TOLERANCE}
             _within(check, tolerance, folder, "with its weights in float16 ")
-            same = check.get("wrong_input", {}).get("same_verdict", check["images"])
-            if check["same_label"] < check["images"] or same < check["images"]:
-                raise ExportError(f"{folder}: float16 weights change {check['images'] - check['same_label']} label(s) "
-                                  f"and {check['images'] - same} wrong-input verdict(s) of {check['images']} images; "
-                                  f"{FILE} not written (keep onnx_weights = \"float32\")")
+            against = compare(bundle, tmp, names, x) if source is not bundle else check
+            _within(against, tolerance, folder, "with its weights in float16 ", "the network as trained")
+            same = against.get("wrong_input", {}).get("same_verdict", against["images"])
+            if against["same_label"] < against["images"] or same < against["images"]:
+                raise ExportError(f"{folder}: float16 weights change {against['images'] - against['same_label']} "
+                                  f"label(s) and {against['images'] - same} wrong-input verdict(s) of "
+                                  f"{against['images']} images; nothing written (keep stored_weights = \"float32\")")
+            trained = {"relative_difference": against["relative_difference"],
+                       "probabilities_difference": against["probabilities"], "same_label": against["same_label"],
+                       **({"wrong_input": against["wrong_input"]} if "wrong_input" in against else {})}
+            if source is bundle:  # model.keras was rounded by an earlier export: its check, if the file is the same
+                before = bundle.meta.raw.get("onnx") or {}
+                trained = before.get("trained") if before.get("sha256") == sha256(tmp) else None
         os.replace(tmp, out)
+        if keras_block:
+            os.replace(keras_tmp, keras_path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for path in (tmp, keras_tmp):
+            if os.path.exists(path):
+                os.remove(path)
     return {
         "file": os.path.basename(out),
         "sha256": sha256(out),
@@ -464,37 +539,41 @@ def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
         "weights": weights,
         "inputs": {"image": ["batch", bundle.input_size, bundle.input_size, 3]},
         "outputs": list(OUTPUTS),
-        "source_sha256": bundle.meta.model.sha256,
+        "source_sha256": keras_block["sha256"] if keras_block else bundle.meta.model.sha256,
         "checked_on": check["images"],
         "largest_difference": check["largest_difference"],
         "scale": check["scale"],
         "relative_difference": check["relative_difference"],
         "tolerance": tolerance,
         **({"conversion": conversion} if conversion else {}),
+        **({"trained": trained} if trained else {}),
         "probabilities_difference": check["probabilities"],
         "same_label": check["same_label"],
         **({"wrong_input": check["wrong_input"]} if "wrong_input" in check else {}),
+        **({"keras": keras_block} if keras_block else {}),
         "versions": versions(),
     }
 
 
-def _within(check, tolerance, folder, what=""):
+def _within(check, tolerance, folder, what="", keras="Keras"):
     """Raise ExportError when a difference compare() measured passes its tolerance (NaN fails
     too): per output relative to its scale, "probabilities" as they are."""
     got = check["relative_difference"] | {"probabilities": check["probabilities"]}
     over = {k: got[k] for k in tolerance if not got[k] <= tolerance[k]}
     if over:
         raise ExportError(
-            f"{folder}: ONNX Runtime {what}and Keras differ by more than the tolerance on "
+            f"{folder}: ONNX Runtime {what}and {keras} differ by more than the tolerance on "
             + ", ".join(f"{k} ({v:.3g}" + (f" of their scale {check['scale'][k]:.3g}" if k in OUTPUTS else "")
                         + f", > {tolerance[k]:g})" for k, v in over.items())
-            + f", worst on {check['worst']['image']}; {FILE} not written")
+            + f", worst on {check['worst']['image']}; nothing written")
 
 
 def record(folder, result):
     """Write export()'s result into folder/metadata.json as its `onnx` block (lungclf.schema.OnnxFile),
-    which makes the app serve model.onnx and the bundle's verify check its sha256, the weights
-    it stored into recipe.json's onnx_weights, and re-render the card; returns the metadata written."""
+    which makes the app serve model.onnx and the bundle's verify check its sha256; a rounded
+    model.keras (its "keras" block) into the `model` block; the weights it stored into
+    recipe.json's stored_weights (rewritten in today's names); and re-render the card; returns
+    the metadata written."""
     from lungclf.bundle import BundleError, verify, write_json
 
     from training.recipe import Recipe
@@ -502,11 +581,14 @@ def record(folder, result):
     path = os.path.join(folder, "metadata.json")
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
+    result = dict(result)
+    keras = result.pop("keras", None)
     meta["onnx"] = result
-    if meta.get("recipe"):  # the recipe as exported (--weights overrides its onnx_weights)
+    if keras:
+        meta["model"].update(sha256=keras["sha256"], bytes=keras["bytes"], weights=keras["weights"])
+    if meta.get("recipe"):  # the recipe as exported (--weights overrides its stored_weights)
         recipe = Recipe.from_bundle(folder)
-        if recipe.onnx_weights != result.get("weights", "float32"):
-            meta["recipe"] = recipe.replace(onnx_weights=result["weights"]).write(folder)
+        meta["recipe"] = recipe.replace(stored_weights=result.get("weights", "float32")).write(folder)
     write_json(path, meta)
     try:
         verify(folder)
@@ -525,7 +607,7 @@ def main(argv=None):
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--weights", choices=WEIGHTS,
                    help="store the large weights as float16 (half the bytes) or float32 (default: the "
-                        "bundle recipe's onnx_weights, else float32)")
+                        "bundle recipe's stored_weights, else float32)")
     args = p.parse_args(argv)
     with cli_errors():
         result = export(args.bundle, args.out, args.opset, weights=args.weights)

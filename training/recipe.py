@@ -35,12 +35,13 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args, get_type_hints
 
-from lungclf.schema import OnnxWeights
+from lungclf.schema import StoredWeights
 from training.errors import RecipeError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 FILE = "recipe.json"  # in a bundle
 METHODS = ("finetune", "frozen")
+RENAMED = {"onnx_weights": "stored_weights"}  # old name -> new, so older bundles' recipe.json still reads
 VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose", "transverse")
 
 
@@ -89,7 +90,7 @@ class Recipe:
     ood_limit: int = 400
     examples: int = 6  # held-out images copied into the bundle
     # the served file (training/export.py)
-    onnx_weights: OnnxWeights = "float32"  # float16: model.onnx's large weights in half the bytes
+    stored_weights: StoredWeights = "float32"  # float16: model.keras's and model.onnx's large weights in half the bytes
 
     # ------------------------------------------------------------ reading and writing
 
@@ -101,6 +102,7 @@ class Recipe:
             raise RecipeError(f"{where}: expected a table of settings, got {type(values).__name__}")
         hints = get_type_hints(cls)
         known = {f.name for f in fields(cls)}
+        values = {RENAMED.get(k, k): v for k, v in values.items()}
         unknown = sorted(set(values) - known)
         if unknown:
             raise RecipeError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -294,9 +296,10 @@ HELP = {
                         "learns: nearer to its mean than to every class mean is flagged; measured out of fold "
                         "by group; repeatable",
     "examples": "held-out images copied into BUNDLE/examples/ (0: none)",
-    "onnx_weights": "float16 stores model.onnx's large weights (4,096 values or more) in half the bytes, "
-                    "checked against Keras with a looser tolerance and the same labels and verdicts "
-                    "(training/export.py)",
+    "stored_weights": "float16 stores the large weights (4,096 values or more) of model.keras and model.onnx "
+                      "in half the bytes, rounded to float16, still computed in float32; the export checks "
+                      "them against the trained network with a looser tolerance and the same labels and "
+                      "verdicts (training/export.py)",
 }
 WRONG_INPUT_FIELDS = ("wrong_input_quantile", "wrong_input_shrinkage", "wrong_input_notes", "ood_data",
                       "ood_limit", "known_wrong_data", "examples")

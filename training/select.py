@@ -78,16 +78,16 @@ def read_candidates(path):
 def sizes(recipe, n_classes):
     """(parameters, MB the browser page downloads, MB of the bundle) of the network `recipe`
     names, built without its weights. The page: model.onnx (4 bytes a parameter, 2 with
-    onnx_weights = "float16") and the wrong-input reference (the precision's upper triangle in
+    stored_weights = "float16") and the wrong-input reference (the precision's upper triangle in
     float32, the class means: the app's own wrong_input.npz, which the page reads too). The
-    bundle: those, model.keras (4 bytes a parameter) and 1 MB for the rest."""
+    bundle: those, model.keras (as many bytes a parameter as model.onnx) and 1 MB for the rest."""
     _, config = steps.configure(recipe, verbose=0)
     model = steps.build_model(config, n_classes)
     params, d = int(model.count_params()), int(model.layers[-1].input.shape[-1])
-    onnx = (2 if recipe.onnx_weights == "float16" else 4) * params
+    onnx = (2 if recipe.stored_weights == "float16" else 4) * params
     reference = 4 * d * (d + 1) // 2 + 8 * n_classes * d
     rest = 1_000_000  # figures, examples, card, metadata, the network's config in model.keras
-    return params, round((onnx + reference) / 1e6, 1), round((4 * params + onnx + reference + rest) / 1e6, 1)
+    return params, round((onnx + reference) / 1e6, 1), round((2 * onnx + reference + rest) / 1e6, 1)
 
 
 def within(budget, page, bundle):
@@ -119,7 +119,7 @@ def fold_key(recipe):
     """The recipe's fields that a finetune fold's network depends on (what its state is keyed
     on): not its name and notes, the wrong-input settings or how model.onnx is stored, so that
     changing those redoes no fold."""
-    after = {"name", "notes", "onnx_weights", *WRONG_INPUT_FIELDS}
+    after = {"name", "notes", "stored_weights", *WRONG_INPUT_FIELDS}
     return {k: v for k, v in recipe.to_dict().items() if k not in after}
 
 
