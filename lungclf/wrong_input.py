@@ -24,10 +24,12 @@ tissue model). Two checks, cheapest first, both fitted on the bundle's TRAINING 
 The reference is plain arrays in BUNDLE/wrong_input.npz, read with allow_pickle=False:
 
     means      (classes, D)  float64  class means of the training features
-    precision  (D(D+1)/2,)   float32 or float64  inverse of the shared (shrinkage) covariance,
+    precision  (D(D+1)/2,)   float    inverse of the shared (shrinkage) covariance,
                              symmetric, so its upper triangle only, row after row ((i, j) for
-                             j >= i; float32 where that moves no distance beyond a 1e-5 share of
-                             the threshold, see training/wrong_input.py); read as (D, D) float64.
+                             j >= i); float32 where that moves no distance beyond a 1e-5 share of
+                             the threshold, float16 in a bundle that stores its weights so
+                             where that moves none beyond a 2e-3 share, else float64
+                             (precision_dtype); read as (D, D) float64.
                              Bundles written before 2026-12-03 hold the full (D, D) float64.
     stats_mean (8,)          float64  mean pixel statistics of the training images
     stats_precision (8, 8)   float64  inverse of their (shrinkage) covariance
@@ -58,6 +60,11 @@ OPTIONAL = ("others",)  # written only when the reference has known wrong kinds
 # A precision stored in float32 (here and on the page) may move a feature distance by at most
 # this share of the threshold, and no verdict; otherwise it is stored in float64.
 ROUNDING_TOLERANCE = 1e-5
+# A bundle whose weights are stored in float16 (a recipe's stored_weights) may store its
+# precision in float16 too, when that moves no distance by more than this share of the
+# threshold and no verdict: the rounded weights move the distances about that far themselves
+# (chest CT's Lite0: 0.004 of the threshold).
+FLOAT16_ROUNDING_TOLERANCE = 2e-3
 N_STATS = 8
 # What each modality's images are called in the warning a visitor reads.
 KINDS = {"histopathology": "histopathology tiles", "CT": "CT slices"}
@@ -258,12 +265,21 @@ class Reference:
                          self.threshold, self.stats_threshold, self.colour_range, self.modality, self.quantile,
                          self.others, self.other_names)
 
-    def precision_dtype(self, features):
-        """float32 when storing the precision so moves no distance of features (N, D) by more
-        than ROUNDING_TOLERANCE of the threshold and changes no verdict; else float64."""
-        (d, o), (d32, o32) = self.nearest(features), self.rounded("float32").nearest(features)
-        same = ((d > self.threshold) == (d32 > self.threshold)).all() and (o == o32).all()
-        return "float32" if same and np.abs(d - d32).max() <= ROUNDING_TOLERANCE * self.threshold else "float64"
+    def precision_dtype(self, features, float16=False):
+        """How to store the precision: float16 (only when asked) or float32 when that moves no
+        distance of features (N, D) by more than FLOAT16_ROUNDING_TOLERANCE or
+        ROUNDING_TOLERANCE of the threshold, changes no verdict and keeps the precision
+        positive definite; else float64."""
+        d, o = self.nearest(features)
+        for dtype, tolerance in [("float16", FLOAT16_ROUNDING_TOLERANCE)] * float16 + [("float32", ROUNDING_TOLERANCE)]:
+            rounded = self.rounded(dtype)
+            if not np.isfinite(rounded.precision).all() or rounded._whitened is None:
+                continue
+            d2, o2 = rounded.nearest(features)
+            same = ((d > self.threshold) == (d2 > self.threshold)).all() and (o == o2).all()
+            if same and np.abs(d - d2).max() <= tolerance * self.threshold:
+                return dtype
+        return "float64"
 
     def save(self, path, precision_dtype="float64"):
         """Write the arrays to path (.npz, no pickle); returns its bytes' sha256."""

@@ -400,11 +400,12 @@ def test_the_resize_is_opencvs_to_the_bit(tmp_path):
 
 
 
-@pytest.mark.parametrize("layout", ["upper triangle, float32", "full, float64 (bundles before 2026-12-03)"])
+@pytest.mark.parametrize("layout", ["upper triangle, float32", "upper triangle, float16",
+                                    "full, float64 (bundles before 2026-12-03)"])
 def test_the_pages_check_flags_a_known_wrong_kind_as_the_app_does(tmp_path, layout):
     """web/app.js's verdict against lungclf.wrong_input.Reference.check, from the .npz the app
     reads, of a reference that learned a wrong kind: the same flags, checks and words, for
-    both ways a bundle stores the precision."""
+    every way a bundle stores the precision."""
     import subprocess
 
     from lungclf.wrong_input import Reference, pixel_stats
@@ -418,10 +419,12 @@ def test_the_pages_check_flags_a_known_wrong_kind_as_the_app_does(tmp_path, layo
                     other_names=("iq_othnccd",))
     feats = np.concatenate([ref.means + 0.05, ref.others + 0.05, ref.means + 5.0])
     x = np.full((len(feats), 8, 8, 3), 100.0)
-    want = [(v.wrong_input, v.check, v.message) for v in ref.check(x, feats)]
+    dtype = layout.split(", ")[1].split()[0]
+    read = ref.rounded(dtype) if layout.startswith("upper") else ref  # what the app reads back
+    want = [(v.wrong_input, v.check, v.message) for v in read.check(x, feats)]
     assert {w[0] for w in want} == {True, False} and any("iq_othnccd" in w[2] for w in want)
     if layout.startswith("upper"):
-        ref.save(str(tmp_path / "wrong_input.npz"), "float32")
+        ref.save(str(tmp_path / "wrong_input.npz"), dtype)
     else:
         np.savez(tmp_path / "wrong_input.npz", **{**ref.arrays(), "precision": ref.precision})
     spec = {"feature_dim": ref.feature_dim, "threshold": ref.threshold, "stats_threshold": ref.stats_threshold, "colour_range": list(ref.colour_range),

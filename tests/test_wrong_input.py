@@ -116,6 +116,27 @@ def test_precision_is_stored_in_float32_only_when_that_moves_no_distance():
         assert ref.precision_dtype(features) == dtype
 
 
+def test_precision_is_stored_in_float16_only_when_asked_and_harmless():
+    """A bundle storing its weights in float16 may store a well-conditioned precision so too
+    (within 2e-3 of the threshold); one whose distances float16 would move keeps float32 or
+    float64, and without the bundle asking it is never float16."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(200, 64))
+    ref = reference(d=64)
+    ref.means, ref.precision = np.zeros((3, 64)), np.eye(64) + 0.1 * np.ones((64, 64))
+    ref.threshold = float(np.median(ref.distances(features)))
+    assert ref.precision_dtype(features, float16=True) == "float16"
+    assert ref.precision_dtype(features) == "float32"
+    d, d16 = ref.distances(features), ref.rounded("float16").distances(features)
+    assert 0 < np.abs(d - d16).max() <= 2e-3 * ref.threshold
+    u = rng.normal(size=64)
+    u /= np.linalg.norm(u)
+    ref = reference(d=64)
+    ref.means, ref.precision = np.zeros((3, 64)), np.eye(64) + 1e3 * np.outer(u, u)
+    ref.threshold = float(np.median(ref.distances(features - np.outer(features @ u, u))))
+    assert ref.precision_dtype(features - np.outer(features @ u, u), float16=True) != "float16"
+
+
 def test_reference_that_needs_pickle_is_refused(tmp_path):
     path = tmp_path / "wrong_input.npz"
     np.savez(path, means=np.array([{"a": 1}] * 3, dtype=object), precision=np.eye(4),

@@ -79,13 +79,14 @@ def sizes(recipe, n_classes):
     """(parameters, MB the browser page downloads, MB of the bundle) of the network `recipe`
     names, built without its weights. The page: model.onnx (4 bytes a parameter, 2 with
     stored_weights = "float16") and the wrong-input reference (the precision's upper triangle in
-    float32, the class means: the app's own wrong_input.npz, which the page reads too). The
-    bundle: those, model.keras (as many bytes a parameter as model.onnx) and 1 MB for the rest."""
+    float32, or float16 with stored_weights = "float16", and the class means: the app's own
+    wrong_input.npz, which the page reads too). The bundle: those, model.keras (as many bytes a
+    parameter as model.onnx) and 1 MB for the rest."""
     _, config = steps.configure(recipe, verbose=0)
     model = steps.build_model(config, n_classes)
     params, d = int(model.count_params()), int(model.layers[-1].input.shape[-1])
     onnx = (2 if recipe.stored_weights == "float16" else 4) * params
-    reference = 4 * d * (d + 1) // 2 + 8 * n_classes * d
+    reference = (2 if recipe.stored_weights == "float16" else 4) * d * (d + 1) // 2 + 8 * n_classes * d
     rest = 1_000_000  # figures, examples, card, metadata, the network's config in model.keras
     return params, round((onnx + reference) / 1e6, 1), round((2 * onnx + reference + rest) / 1e6, 1)
 

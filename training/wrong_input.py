@@ -458,7 +458,7 @@ def fit_bundle_out_of_fold(bundle, model, data, recipe, feats, stats, folds, com
     return _write(bundle, meta, model, ref, data, recipe, rates, te, ok, shrinkage,
                   f"images the model was fitted on ({int(fit_rows.sum())}); threshold from the out-of-fold "
                   f"distances of all {len(y)} images (group {len(first)}-fold)", command, log,
-                  ref.precision_dtype(feats), known_rates)
+                  ref.precision_dtype(feats, float16=recipe.stored_weights == "float16"), known_rates)
 
 
 def _read_meta(bundle):

@@ -327,7 +327,7 @@ const dot = (a, b) => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] 
 
 /** The arrays of an .npz as numpy.savez writes it (lungclf.wrong_input.Reference.save): a zip of
  * .npy files, stored, not compressed (zip64 sizes in each entry's extra field), little-endian
- * floats in C order. Returns {name: {data: Float64Array | Float32Array, shape}}; throws
+ * floats in C order (float16 read as Float32Array). Returns {name: {data: Float64Array | Float32Array, shape}}; throws
  * BundleError for anything else, as numpy.load(allow_pickle=False) refuses object arrays. */
 export function readNpz(buffer) {
   const view = new DataView(buffer), bytes = new Uint8Array(buffer), text = new TextDecoder();
@@ -353,15 +353,24 @@ export function readNpz(buffer) {
     const headerStart = npy[6] === 1 ? 10 : 12, header = text.decode(npy.subarray(headerStart, headerStart + headerLength));
     const descr = /'descr': '([^']*)'/.exec(header), fortran = /'fortran_order': (True|False)/.exec(header);
     const shape = /'shape': \(([^)]*)\)/.exec(header);
-    const Type = { "<f8": Float64Array, "<f4": Float32Array }[descr && descr[1]];
+    const Type = { "<f8": Float64Array, "<f4": Float32Array, "<f2": Uint16Array }[descr && descr[1]];
     if (!Type || !fortran || fortran[1] !== "False" || !shape) throw bad(`${name} is not a little-endian float array in C order`);
     const dims = shape[1].split(",").map((v) => v.trim()).filter(Boolean).map(Number);
     const n = dims.reduce((a, b) => a * b, 1), offset = start + headerStart + headerLength;
     if (offset + n * Type.BYTES_PER_ELEMENT > start + size) throw bad(`${name} is shorter than its shape`);
-    out[name.replace(/\.npy$/, "")] = { data: new Type(buffer.slice(offset, offset + n * Type.BYTES_PER_ELEMENT)), shape: dims };
+    const data = new Type(buffer.slice(offset, offset + n * Type.BYTES_PER_ELEMENT));
+    out[name.replace(/\.npy$/, "")] = { data: descr[1] === "<f2" ? Float32Array.from(data, halfToFloat) : data, shape: dims };
     at = start + size;
   }
   return out;
+}
+
+/** A float16's bits (numpy's '<f2', IEEE 754 half) as a number. */
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1, exponent = (h >> 10) & 0x1f, fraction = h & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24; // zero and subnormals
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
 }
 
 /** The upper triangle, row after row, of a full symmetric (d, d) matrix: how bundles written
