@@ -272,7 +272,8 @@ class Reference:
         positive definite; else float64."""
         d, o = self.nearest(features)
         for dtype, tolerance in [("float16", FLOAT16_ROUNDING_TOLERANCE)] * float16 + [("float32", ROUNDING_TOLERANCE)]:
-            rounded = self.rounded(dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # float16 ends at 65,504: then inf, refused
+                rounded = self.rounded(dtype)
             if not np.isfinite(rounded.precision).all() or rounded._whitened is None:
                 continue
             d2, o2 = rounded.nearest(features)

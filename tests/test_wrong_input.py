@@ -118,8 +118,9 @@ def test_precision_is_stored_in_float32_only_when_that_moves_no_distance():
 
 def test_precision_is_stored_in_float16_only_when_asked_and_harmless():
     """A bundle storing its weights in float16 may store a well-conditioned precision so too
-    (within 2e-3 of the threshold); one whose distances float16 would move keeps float32 or
-    float64, and without the bundle asking it is never float16."""
+    (within 2e-3 of the threshold); one whose distances float16 would move, or whose values
+    float16 cannot hold, keeps float32 or float64, and without the bundle asking it is never
+    float16."""
     rng = np.random.default_rng(1)
     features = rng.normal(size=(200, 64))
     ref = reference(d=64)
@@ -135,6 +136,9 @@ def test_precision_is_stored_in_float16_only_when_asked_and_harmless():
     ref.means, ref.precision = np.zeros((3, 64)), np.eye(64) + 1e3 * np.outer(u, u)
     ref.threshold = float(np.median(ref.distances(features - np.outer(features @ u, u))))
     assert ref.precision_dtype(features - np.outer(features @ u, u), float16=True) != "float16"
+    ref.precision = 1e5 * np.eye(64)  # beyond float16's largest value, 65,504
+    ref.threshold = float(np.median(ref.distances(features)))
+    assert ref.precision_dtype(features, float16=True) == "float32"
 
 
 def test_reference_that_needs_pickle_is_refused(tmp_path):

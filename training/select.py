@@ -79,7 +79,8 @@ def sizes(recipe, n_classes):
     """(parameters, MB the browser page downloads, MB of the bundle) of the network `recipe`
     names, built without its weights. The page: model.onnx (4 bytes a parameter, 2 with
     stored_weights = "float16") and the wrong-input reference (the precision's upper triangle in
-    float32, or float16 with stored_weights = "float16", and the class means: the app's own
+    float32, or float16 with stored_weights = "float16", which the fit keeps only where float16
+    holds it, and the class means: the app's own
     wrong_input.npz, which the page reads too). The bundle: those, model.keras (as many bytes a
     parameter as model.onnx) and 1 MB for the rest."""
     _, config = steps.configure(recipe, verbose=0)

@@ -447,11 +447,12 @@ def write_bundle(out, model, prepared, results, history, config, *, recipe, pre,
     split_info = split_prepared.split_info
     name = recipe.name or os.path.basename(os.path.normpath(out))
     recipe_block = recipe.write(out)
-    kind = ("a logistic regression on the frozen pooled features of a" if recipe.method == "frozen"
-            else "a fine-tuned" if config.weights else "a")
     network = {"astra": "chest-CT ResNet-152 (Astra)",
                "lite0+astra": "ImageNet EfficientNet-Lite0 joined to a chest-CT ResNet-152 (Astra)"}.get(
         config.arch, f"{config.arch} CNN")
+    article = "an" if network[0] in "AEIOUaeiou" else "a"
+    kind = (f"a logistic regression on the frozen pooled features of {article}" if recipe.method == "frozen"
+            else "a fine-tuned" if config.weights else article)
     if config.blocks:
         network += f" cut after block {config.blocks}"
     tta = {"views": pre["tta_views"]} | ({"temperature": results.tta_temperature}
