@@ -136,7 +136,8 @@ def test_precision_is_stored_in_float16_only_when_asked_and_harmless():
     ref.means, ref.precision = np.zeros((3, 64)), np.eye(64) + 1e3 * np.outer(u, u)
     ref.threshold = float(np.median(ref.distances(features - np.outer(features @ u, u))))
     assert ref.precision_dtype(features - np.outer(features @ u, u), float16=True) != "float16"
-    ref.precision = 1e5 * np.eye(64)  # beyond float16's largest value, 65,504
+    ref = reference(d=64)
+    ref.means, ref.precision = np.zeros((3, 64)), 1e5 * np.eye(64)  # beyond float16's largest value, 65,504
     ref.threshold = float(np.median(ref.distances(features)))
     assert ref.precision_dtype(features, float16=True) == "float32"
 
