@@ -327,13 +327,14 @@ def store_keras_float16(src, dst, min_values=FLOAT16_MIN_VALUES):
             fo.create_dataset(name, data=a).attrs.update(obj.attrs)
 
         fi.visititems(copy)
+    if not rounded:  # the same weights: keep the file's bytes (and sha256)
+        import shutil
+
+        shutil.copyfile(src, dst)
+        return stored, rounded
     with zipfile.ZipFile(dst, "w") as z:
         for info, data in entries:
             z.writestr(info, weights.getvalue() if info.filename == "model.weights.h5" else data)
-    if not rounded:
-        import shutil
-
-        shutil.copyfile(src, dst)  # the same weights: keep the file's bytes (and sha256)
     return stored, rounded
 
 
@@ -521,7 +522,8 @@ def export(folder, out=None, opset=OPSET, tolerance=None, weights=None):
             trained = {"relative_difference": against["relative_difference"],
                        "probabilities_difference": against["probabilities"], "same_label": against["same_label"],
                        **({"wrong_input": against["wrong_input"]} if "wrong_input" in against else {})}
-            if source is bundle:  # model.keras was rounded by an earlier export: its check, if the file is the same
+            if source is bundle and bundle.meta.model.weights == "float16":
+                # model.keras was rounded by an earlier export: that export's check, if the file is the same
                 before = bundle.meta.raw.get("onnx") or {}
                 trained = before.get("trained") if before.get("sha256") == sha256(tmp) else None
         os.replace(tmp, out)

@@ -86,8 +86,9 @@ def sizes(recipe, n_classes):
     _, config = steps.configure(recipe, verbose=0)
     model = steps.build_model(config, n_classes)
     params, d = int(model.count_params()), int(model.layers[-1].input.shape[-1])
-    onnx = (2 if recipe.stored_weights == "float16" else 4) * params
-    reference = (2 if recipe.stored_weights == "float16" else 4) * d * (d + 1) // 2 + 8 * n_classes * d
+    per_value = 2 if recipe.stored_weights == "float16" else 4
+    onnx = per_value * params
+    reference = per_value * d * (d + 1) // 2 + 8 * n_classes * d
     rest = 1_000_000  # figures, examples, card, metadata, the network's config in model.keras
     return params, round((onnx + reference) / 1e6, 1), round((2 * onnx + reference + rest) / 1e6, 1)
 
